@@ -1,0 +1,184 @@
+"""Typed sweep configuration: dataclass defaults <- preset YAML <- config file <- key=value overrides.
+
+OmegaConf does the merging and rejects keys that do not exist and values of the wrong type; this
+module turns its exceptions into messages that say which key is wrong and which keys exist.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from bilateral.errors import ConfigError
+
+
+@dataclass
+class DataConfig:
+    """What data a run sees. Everything here changes results, so it is part of every run id."""
+
+    source: str = "synthetic"  # see bilateral.data.load_dataset for the spellings
+    verify_md5: bool = True  # False accepts a CIFAR-100 copy that is not the official one
+    val_size: int = 5000  # held out of train, stratified: chooses checkpoints and ensemble members
+    split_seed: int = 0  # the same validation split for every run of a sweep
+    train_subset: int | None = None  # stratified subset of the remaining train images (CPU-sized runs)
+    test_subset: int | None = None  # stratified subset of the test set (CPU-sized runs)
+
+
+@dataclass
+class ModelConfig:
+    width: float = 1.0  # channel multiplier on every backbone; 1.0 is the paper's size
+    dropout: float = 0.6  # before each head, as in the authors' code
+    bn_momentum: float = 0.1  # PyTorch convention; the authors' 0.9 weights the new batch at 0.9
+    frozen_bn_update: bool = False  # True: frozen hemispheres still update BN statistics (authors' code)
+
+
+@dataclass
+class OptimConfig:
+    name: str = "adam"  # adam | sgd
+    lr: float = 1e-4
+    momentum: float = 0.9  # sgd only
+    nesterov: bool = True  # sgd only
+    weight_decay: float = 1e-5  # heads and baselines
+    hemisphere_weight_decay: float = 1e-3  # the specialised hemispheres
+    schedule: str = "constant"  # constant | onecycle (linear warm-up then linear decay to 0)
+    warmup_fraction: float = 0.2  # onecycle only
+    label_smoothing: float = 0.0
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 180
+    batch_size: int = 256
+    eval_batch_size: int = 1024
+    bf16: bool = False  # autocast on CUDA only; CPU runs stay fp32
+    channels_last: bool = False
+    compile: bool = False
+
+
+@dataclass
+class PlanConfig:
+    """Which runs a sweep contains; see bilateral.experiment for the model names."""
+
+    backbone: str = "resnet9"  # hemispheres, unilateral baseline, ensemble pool
+    right_backbone: str | None = None  # a different backbone for the right (coarse) hemisphere
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])
+    models: list[str] = field(default_factory=lambda: ["all"])
+    pool_size: int = 10
+    ensemble_top: list[int] = field(default_factory=lambda: [2, 5])
+
+
+@dataclass
+class SweepConfig:
+    name: str | None = None  # results/<name>/; derived from preset, data and backbone when unset
+    preset: str = "smoke"
+    out: str = "results"
+    device: str = "auto"  # auto = cuda when available, else cpu
+    data_dir: str = "data"  # caches of decoded datasets
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    plan: PlanConfig = field(default_factory=PlanConfig)
+
+
+PRESETS = ("smoke", "fast", "paper")
+
+
+def preset_path(name: str) -> Path:
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}: choose one of {', '.join(PRESETS)}")
+    return Path(str(resources.files("bilateral") / "presets" / f"{name}.yaml"))
+
+
+def parse_seeds(text: str) -> list[int]:
+    """'0,1,2', '0-4' or '3' -> list of ints."""
+    seeds: list[int] = []
+    try:
+        for part in text.split(","):
+            part = part.strip()
+            if "-" in part[1:]:
+                lo, hi = part.split("-", 1)
+                if int(hi) < int(lo):
+                    raise ValueError
+                seeds.extend(range(int(lo), int(hi) + 1))
+            else:
+                seeds.append(int(part))
+    except ValueError:
+        raise ConfigError(
+            f"malformed seeds {text!r}: give a comma-separated list of integers (0,1,2) or a range (0-4)"
+        ) from None
+    if len(set(seeds)) != len(seeds) or any(s < 0 for s in seeds):
+        raise ConfigError(f"malformed seeds {text!r}: seeds must be distinct non-negative integers")
+    return seeds
+
+
+def _known_keys(node: Any, prefix: str = "") -> list[str]:
+    keys = []
+    for f in dataclasses.fields(node):
+        value = getattr(node, f.name)
+        if dataclasses.is_dataclass(value):
+            keys += _known_keys(value, f"{prefix}{f.name}.")
+        else:
+            keys.append(prefix + f.name)
+    return keys
+
+
+def _merge(base: Any, other: Any, origin: str) -> Any:
+    try:
+        return OmegaConf.merge(base, other)
+    except OmegaConfBaseException as exc:
+        key = getattr(exc, "full_key", None) or "?"
+        known = ", ".join(_known_keys(SweepConfig()))
+        raise ConfigError(
+            f"bad config from {origin}: key {key!r}: {exc.msg if hasattr(exc, 'msg') else exc}. "
+            f"Fix the key or value; known keys are: {known}"
+        ) from None
+
+
+def load_config(
+    preset: str = "smoke", config_file: str | Path | None = None, overrides: list[str] = ()
+) -> SweepConfig:
+    """Defaults, then the preset, then a YAML file, then key=value overrides (later wins)."""
+    cfg = OmegaConf.structured(SweepConfig)
+    cfg = _merge(cfg, OmegaConf.load(preset_path(preset)), f"preset {preset!r}")
+    cfg.preset = preset
+    if config_file is not None:
+        path = Path(config_file)
+        if not path.is_file():
+            raise ConfigError(f"config file {str(path)!r} does not exist: pass the path of a YAML file")
+        cfg = _merge(cfg, OmegaConf.load(path), str(path))
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not key=value (e.g. train.epochs=3)")
+        cfg = _merge(cfg, OmegaConf.from_dotlist([item]), f"override {item!r}")
+    config: SweepConfig = OmegaConf.to_object(cfg)
+    validate(config)
+    return config
+
+
+def validate(cfg: SweepConfig) -> None:
+    """Value checks OmegaConf's types cannot express."""
+    choices = {"optim.name": ("adam", "sgd"), "optim.schedule": ("constant", "onecycle")}
+    for key, allowed in choices.items():
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if value not in allowed:
+            raise ConfigError(f"{key}={value!r} is not supported: choose one of {', '.join(allowed)}")
+    if cfg.train.epochs < 1 or cfg.train.batch_size < 1:
+        raise ConfigError("train.epochs and train.batch_size must be at least 1")
+    if not cfg.plan.seeds:
+        raise ConfigError("plan.seeds is empty: give at least one seed (e.g. --seeds 0)")
+    if any(k < 1 or k > cfg.plan.pool_size for k in cfg.plan.ensemble_top):
+        raise ConfigError(
+            f"plan.ensemble_top={cfg.plan.ensemble_top} must lie in 1..plan.pool_size={cfg.plan.pool_size}"
+        )
+
+
+def to_dict(cfg: Any) -> dict:
+    return dataclasses.asdict(cfg)

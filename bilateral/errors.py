@@ -1,0 +1,17 @@
+"""Errors a user can act on: each message names the problem and the fix."""
+
+
+class BilateralError(Exception):
+    """Base class: the launchers print these without a traceback and exit non-zero."""
+
+
+class ConfigError(BilateralError):
+    """A config key, preset, model kind or seed list that does not exist or does not parse."""
+
+
+class DataError(BilateralError):
+    """A dataset that is missing, corrupt, incomplete or inconsistent."""
+
+
+class CheckpointError(BilateralError):
+    """A checkpoint that does not match the model it is loaded into."""

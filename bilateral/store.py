@@ -1,0 +1,124 @@
+"""Where a sweep lives on disk: results/<sweep>/runs/<run_id>/{spec.json, metrics.jsonl, record.json, ...}.
+
+Every file that marks progress is written atomically (temp file + rename), so a run killed at
+any instant leaves either the old file or the new one. A run is finished when record.json exists.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from bilateral.errors import CheckpointError
+from bilateral.experiment import RunSpec
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: Path, obj: Any) -> None:
+    write_atomic(path, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode())
+
+
+class RunStore:
+    """One run's directory."""
+
+    def __init__(self, root: Path):
+        self.root = root
+
+    @property
+    def run_id(self) -> str:
+        return self.root.name
+
+    def path(self, name: str) -> Path:
+        return self.root / name
+
+    def is_finished(self) -> bool:
+        return self.path("record.json").is_file()
+
+    def read_record(self) -> dict:
+        return json.loads(self.path("record.json").read_text())
+
+    def write_record(self, record: dict) -> None:
+        write_json(self.path("record.json"), record)
+        self.path("error.txt").unlink(missing_ok=True)
+
+    def write_spec(self, spec: RunSpec) -> None:
+        write_json(self.path("spec.json"), spec.to_dict())
+
+    def write_error(self, text: str) -> None:
+        write_atomic(self.path("error.txt"), text.encode())
+
+    def write_metrics(self, rows: list[dict]) -> None:
+        """The whole per-epoch log, rewritten each epoch (it is small) so a resume can truncate it."""
+        write_atomic(self.path("metrics.jsonl"), "".join(json.dumps(r) + "\n" for r in rows).encode())
+
+    def read_metrics(self) -> list[dict]:
+        path = self.path("metrics.jsonl")
+        return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+
+    def save_checkpoint(self, name: str, state: dict) -> None:
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        write_atomic(self.path(f"checkpoints/{name}.pt"), buffer.getvalue())
+
+    def has_checkpoint(self, name: str) -> bool:
+        return self.path(f"checkpoints/{name}.pt").is_file()
+
+    def load_checkpoint(self, name: str) -> dict:
+        path = self.path(f"checkpoints/{name}.pt")
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise CheckpointError(
+                f"checkpoint {path} cannot be read ({type(exc).__name__}: {exc}); "
+                f"delete {self.root} to retrain this run"
+            ) from None
+
+    def save_arrays(self, name: str, arrays: dict[str, np.ndarray]) -> None:
+        buffer = io.BytesIO()
+        np.savez_compressed(buffer, **arrays)
+        write_atomic(self.path(name), buffer.getvalue())
+
+    def load_arrays(self, name: str) -> dict[str, np.ndarray]:
+        with np.load(self.path(name)) as f:
+            return dict(f)
+
+
+class SweepStore:
+    """results/<sweep>/: the plan, the runs, and the summary written by bilateral.report."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    def run(self, run_id: str) -> RunStore:
+        return RunStore(self.root / "runs" / run_id)
+
+    def write_plan(self, config: dict, specs: list[RunSpec]) -> None:
+        write_json(self.root / "sweep.json", {"config": config, "runs": [s.run_id for s in specs]})
+        for spec in specs:
+            self.run(spec.run_id).write_spec(spec)
+
+    def records(self) -> Iterator[dict]:
+        """Records of every finished run, in run-id order."""
+        for path in sorted((self.root / "runs").glob("*/record.json")):
+            yield json.loads(path.read_text())

@@ -1,0 +1,405 @@
+"""run(spec, store) -> record: the one function every backend executes.
+
+Train with validation every epoch, keep the best-by-validation and the last checkpoint, test once
+at the end with the best one. A run that was interrupted resumes from its last checkpoint and, on
+CPU, ends bit-identical to an uninterrupted one: data order and augmentation are a pure function of
+(seed, epoch) and the global RNG (dropout) is saved with every checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import logging
+import math
+import platform
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+import bilateral
+from bilateral.assemble import build_model
+from bilateral.data import (
+    DeviceLoader,
+    HierarchicalDataset,
+    load_dataset,
+    stratified_subset,
+    validation_split,
+)
+from bilateral.errors import CheckpointError
+from bilateral.experiment import RunSpec
+from bilateral.models import Ensemble, count_parameters, load_state_strict
+from bilateral.store import RunStore, SweepStore
+
+log = logging.getLogger(__name__)
+HEADS = ("fine", "coarse")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+@dataclass
+class Splits:
+    """Indices into the dataset's train and test arrays; val is held out of train."""
+
+    train: np.ndarray
+    val: np.ndarray
+    test: np.ndarray
+
+    def describe(self, spec: RunSpec) -> dict:
+        digest = hashlib.sha256(self.val.tobytes()).hexdigest()[:16]
+        return {
+            "split_seed": spec.data.split_seed,
+            "train": len(self.train),
+            "val": len(self.val),
+            "test": len(self.test),
+            "val_indices_sha256": digest,
+        }
+
+
+@functools.lru_cache(maxsize=4)
+def load_data(source: str, data_dir: str, verify_md5: bool) -> HierarchicalDataset:
+    """Once per process: a local sweep decodes its dataset once for all its runs."""
+    return load_dataset(source, cache_dir=data_dir, verify_md5=verify_md5)
+
+
+def make_splits(data: HierarchicalDataset, spec: RunSpec) -> Splits:
+    cfg = spec.data
+    train, val = validation_split(data.train.fine, cfg.val_size, cfg.split_seed)
+    if cfg.train_subset:
+        train = train[stratified_subset(data.train.fine[train], cfg.train_subset, cfg.split_seed)]
+    test = np.arange(len(data.test))
+    if cfg.test_subset:
+        test = stratified_subset(data.test.fine, cfg.test_subset, cfg.split_seed)
+    return Splits(train, val, test)
+
+
+def run(spec: RunSpec, store: SweepStore, device: str = "auto", data_dir: str = "data") -> dict:
+    """Train (or, for an ensemble, assemble) one spec and return its record; a finished run is skipped."""
+    run_store = store.run(spec.run_id)
+    if run_store.is_finished():
+        return run_store.read_record()
+    run_store.write_spec(spec)
+    dev = resolve_device(device)
+    data = load_data(spec.data.source, data_dir, spec.data.verify_md5)
+    splits = make_splits(data, spec)
+    mean, std = data.mean_std()
+
+    def loader(split, indices, train: bool, batch_size: int) -> DeviceLoader:
+        return DeviceLoader(
+            split,
+            indices,
+            batch_size,
+            dev,
+            mean,
+            std,
+            train=train,
+            seed=spec.init_seed,
+            channels_last=spec.train.channels_last,
+        )
+
+    val = loader(data.train, splits.val, False, spec.train.eval_batch_size)
+    test = loader(data.test, splits.test, False, spec.train.eval_batch_size)
+    if spec.trains:
+        train = loader(data.train, splits.train, True, spec.train.batch_size)
+        model, stats = _train(spec, store, run_store, data, train, val, dev)
+    else:
+        model, stats = _assemble_ensemble(spec, store, data, dev)
+    started = time.time()
+    val_metrics, _ = evaluate(model, val, spec, dev)
+    test_metrics, outputs = evaluate(model, test, spec, dev)
+    coarse_of_fine = torch.as_tensor(data.fine_to_coarse)
+    if "fine" in outputs:
+        test_metrics["acc_coarse_from_fine"] = float(
+            (coarse_of_fine[outputs["fine"].argmax(1)] == torch.as_tensor(data.test.coarse[splits.test]))
+            .float()
+            .mean()
+        )
+    run_store.save_arrays(
+        "predictions.npz",
+        {"test_index": splits.test, **{f"logits_{h}": outputs[h].numpy() for h in outputs}},
+    )
+    record = {
+        "run_id": spec.run_id,
+        "model": spec.model_name,
+        "kind": spec.kind,
+        "backbone": spec.backbone_name,
+        "seed": spec.seed,
+        "member": spec.member,
+        **{f"test_{k}": v for k, v in test_metrics.items()},
+        **{f"val_{k}": v for k, v in val_metrics.items()},
+        **stats,
+        "wall_time_s": stats.pop("wall_s") + time.time() - started,
+        "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
+        "data_fingerprint": data.fingerprint(),
+        "split": splits.describe(spec),
+        "versions": versions(),
+        "spec": spec.to_dict(),
+    }
+    run_store.write_record(record)
+    return record
+
+
+def _param_groups(spec: RunSpec, model: nn.Module) -> list[dict]:
+    hemisphere = spec.kind in ("hemisphere-fine", "hemisphere-coarse")
+    decay = spec.optim.hemisphere_weight_decay if hemisphere else spec.optim.weight_decay
+    return [{"params": [p for p in model.parameters() if p.requires_grad], "weight_decay": decay}]
+
+
+def make_optimizer(spec: RunSpec, model: nn.Module) -> torch.optim.Optimizer:
+    cfg = spec.optim
+    groups = _param_groups(spec, model)
+    if cfg.name == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
+    return torch.optim.Adam(groups, lr=cfg.lr)
+
+
+def lr_at(spec: RunSpec, step: int, total_steps: int) -> float:
+    """Constant, or one-cycle: linear warm-up to lr, then linear decay to zero."""
+    cfg = spec.optim
+    if cfg.schedule == "constant":
+        return cfg.lr
+    warmup = max(1, math.ceil(cfg.warmup_fraction * total_steps))
+    if step < warmup:
+        return cfg.lr * (step + 1) / warmup
+    return cfg.lr * max(0.0, (total_steps - step) / max(1, total_steps - warmup))
+
+
+def loss_fn(outputs: dict[str, torch.Tensor], fine: torch.Tensor, coarse: torch.Tensor, smoothing: float):
+    """CE(fine) + CE(coarse) over the heads the model has."""
+    labels = {"fine": fine, "coarse": coarse}
+    return sum(F.cross_entropy(outputs[h].float(), labels[h], label_smoothing=smoothing) for h in outputs)
+
+
+def _autocast(spec: RunSpec, dev: torch.device):
+    if spec.train.bf16 and dev.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _attach_hemispheres(spec: RunSpec, store: SweepStore, model: nn.Module) -> None:
+    """Load the best checkpoints of this seed's two hemisphere runs into the bilateral net and freeze them."""
+    for dep_id in spec.depends_on:
+        dep = store.run(dep_id)
+        if not dep.is_finished():
+            raise CheckpointError(
+                f"{spec.run_id} needs hemisphere run {dep_id}, which has not finished: rerun the sweep "
+                "so that it trains first"
+            )
+        state = dep.load_checkpoint("best")["model"]
+        side = model.left if dep.read_record()["kind"] == "hemisphere-fine" else model.right
+        backbone = {k.removeprefix("backbone."): v for k, v in state.items() if k.startswith("backbone.")}
+        load_state_strict(side, backbone, source=str(dep.path("checkpoints/best.pt")))
+    model.freeze_hemispheres(update_bn_stats=spec.model.frozen_bn_update)
+
+
+def _train(spec, store, run_store: RunStore, data, train: DeviceLoader, val: DeviceLoader, dev):
+    torch.manual_seed(spec.init_seed)
+    model = build_model(spec, data.num_fine, data.num_coarse)
+    if spec.kind == "bilateral-specialised":
+        _attach_hemispheres(spec, store, model)
+    model.to(dev)
+    if spec.train.channels_last:
+        model.to(memory_format=torch.channels_last)
+    optimizer = make_optimizer(spec, model)
+    forward = torch.compile(model) if spec.train.compile else model
+    epochs, steps_per_epoch = spec.train.epochs, len(train)
+    state = {
+        "epoch": -1,
+        "best_score": -math.inf,
+        "best_epoch": -1,
+        "train_time_s": 0.0,
+        "wall_s": 0.0,
+        "images": 0,
+    }
+    metrics = []
+    if run_store.has_checkpoint("last"):
+        last = run_store.load_checkpoint("last")
+        load_state_strict(model, last["model"], source=str(run_store.path("checkpoints/last.pt")))
+        optimizer.load_state_dict(last["optimizer"])
+        torch.set_rng_state(last["rng_cpu"])
+        if dev.type == "cuda" and "rng_cuda" in last:
+            torch.cuda.set_rng_state(last["rng_cuda"], dev)
+        state = {k: last[k] for k in state}
+        metrics = [m for m in run_store.read_metrics() if m["epoch"] <= state["epoch"]]
+        log.info("%s: resuming after epoch %d", spec.run_id, state["epoch"] + 1)
+    start = state["epoch"] + 1
+    bar = tqdm(
+        total=epochs * steps_per_epoch,
+        initial=start * steps_per_epoch,
+        desc=spec.run_id,
+        unit="step",
+        leave=False,
+        mininterval=2.0,
+        dynamic_ncols=True,
+    )
+    for epoch in range(start, epochs):
+        model.train()
+        train.set_epoch(epoch)
+        tic = time.perf_counter()
+        total_loss = torch.zeros((), device=dev)
+        for i, (x, fine, coarse) in enumerate(train):
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(spec, epoch * steps_per_epoch + i, epochs * steps_per_epoch)
+            with _autocast(spec, dev):
+                outputs = forward(x)
+            loss = loss_fn(outputs, fine, coarse, spec.optim.label_smoothing)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total_loss += loss.detach()
+            bar.update()
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        seconds = time.perf_counter() - tic
+        state["train_time_s"] += seconds
+        state["images"] += steps_per_epoch * train.batch_size
+        val_metrics, _ = evaluate(model, val, spec, dev)
+        score = selection_score(val_metrics)
+        row = {
+            "epoch": epoch,
+            "train_loss": float(total_loss) / max(1, steps_per_epoch),
+            "images_per_s": steps_per_epoch * train.batch_size / seconds,
+            "lr": optimizer.param_groups[0]["lr"],
+            **{f"val_{k}": v for k, v in val_metrics.items()},
+        }
+        metrics.append(row)
+        bar.set_postfix(
+            epoch=f"{epoch + 1}/{epochs}",
+            loss=f"{row['train_loss']:.3f}",
+            val=f"{score:.3f}",
+            img_s=f"{row['images_per_s']:.0f}",
+        )
+        log.info(
+            "%s epoch %d/%d loss %.4f val %.4f %.0f img/s",
+            spec.run_id,
+            epoch + 1,
+            epochs,
+            row["train_loss"],
+            score,
+            row["images_per_s"],
+        )
+        if score > state["best_score"]:
+            state.update(best_score=score, best_epoch=epoch)
+            run_store.save_checkpoint("best", {"model": model.state_dict(), "epoch": epoch})
+        state["epoch"] = epoch
+        state["wall_s"] += time.perf_counter() - tic
+        run_store.write_metrics(metrics)  # before "last": a resume drops rows past the last checkpoint
+        run_store.save_checkpoint(
+            "last",
+            {
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "rng_cpu": torch.get_rng_state(),
+                **({"rng_cuda": torch.cuda.get_rng_state(dev)} if dev.type == "cuda" else {}),
+                **state,
+            },
+        )
+    bar.close()
+    load_state_strict(
+        model, run_store.load_checkpoint("best")["model"], str(run_store.path("checkpoints/best.pt"))
+    )
+    stats = {
+        "best_epoch": state["best_epoch"],
+        "epochs": epochs,
+        "resumed_from_epoch": start if start else None,
+        "params": count_parameters(model),
+        "trainable_params": count_parameters(model, trainable_only=True),
+        "train_time_s": state["train_time_s"],
+        "wall_s": state["wall_s"],
+        "train_images_per_s": state["images"] / max(state["train_time_s"], 1e-9),
+    }
+    return model, stats
+
+
+def selection_score(val_metrics: dict) -> float:
+    """Mean validation accuracy over the model's heads: what picks checkpoints and ensemble members."""
+    accs = [val_metrics[f"acc_{h}"] for h in HEADS if f"acc_{h}" in val_metrics]
+    return float(np.mean(accs))
+
+
+def _assemble_ensemble(spec: RunSpec, store: SweepStore, data, dev) -> tuple[nn.Module, dict]:
+    """Mean of logits of the top-k pool members, ranked by validation score (never by test)."""
+    members = []
+    for dep_id in spec.depends_on:
+        dep = store.run(dep_id)
+        if not dep.is_finished():
+            raise CheckpointError(
+                f"{spec.run_id} needs pool member {dep_id}, which has not finished: rerun the sweep"
+            )
+        record = dep.read_record()
+        members.append((-record["val_score"], record["member"], dep))
+    chosen = [dep for _, _, dep in sorted(members, key=lambda m: m[:2])[: spec.top_k]]
+    nets = []
+    for dep in chosen:
+        net = build_model(RunSpec.from_dict(dep.read_record()["spec"]), data.num_fine, data.num_coarse)
+        load_state_strict(net, dep.load_checkpoint("best")["model"], str(dep.path("checkpoints/best.pt")))
+        nets.append(net)
+    model = Ensemble(nets).to(dev)
+    return model, {
+        "members": [d.run_id for d in chosen],
+        "params": count_parameters(model),
+        "trainable_params": 0,
+        "train_time_s": 0.0,
+        "wall_s": 0.0,
+    }
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module, loader: DeviceLoader, spec: RunSpec, dev
+) -> tuple[dict, dict[str, torch.Tensor]]:
+    """Per-head accuracy and loss over a whole split, plus the logits (on CPU) in loader order."""
+    model.eval()
+    logits: dict[str, list[torch.Tensor]] = {}
+    labels: dict[str, list[torch.Tensor]] = {"fine": [], "coarse": []}
+    for x, fine, coarse in loader:
+        with _autocast(spec, dev):
+            outputs = model(x)
+        for h, out in outputs.items():
+            logits.setdefault(h, []).append(out.float().cpu())
+        labels["fine"].append(fine.cpu())
+        labels["coarse"].append(coarse.cpu())
+    out = {h: torch.cat(v) for h, v in logits.items()}
+    metrics = {}
+    for h, z in out.items():
+        y = torch.cat(labels[h])
+        metrics[f"acc_{h}"] = float((z.argmax(1) == y).float().mean())
+        metrics[f"loss_{h}"] = float(F.cross_entropy(z, y))
+    metrics["score"] = selection_score(metrics)
+    return metrics, out
+
+
+@functools.cache
+def versions() -> dict:
+    try:
+        commit = (
+            subprocess.run(
+                ["git", "rev-parse", "HEAD"],
+                cwd=Path(__file__).parent,
+                capture_output=True,
+                text=True,
+                timeout=5,
+            ).stdout.strip()
+            or None
+        )
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    return {
+        "bilateral": bilateral.__version__,
+        "git_commit": commit,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+    }

@@ -1,0 +1,30 @@
+"""Rebuild a sweep's summary from its finished runs: python launch/aggregate.py results/<sweep>
+
+Writes results/<sweep>/{runs.csv,summary.csv,report.md} and copies summary.csv next to the sweep
+directory (results/summary.csv); prints report.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from bilateral.report import write_report
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("sweep_dir", type=Path)
+    args = p.parse_args(argv)
+    try:
+        write_report(args.sweep_dir, copy_summary_to=args.sweep_dir.parent / "summary.csv")
+    except FileNotFoundError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print((args.sweep_dir / "report.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

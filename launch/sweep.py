@@ -1,0 +1,123 @@
+"""The front door: run the paper's comparison (or part of it) and write results/summary.csv.
+
+    python launch/sweep.py                                       # smoke preset, synthetic data, CPU ok
+    python launch/sweep.py --data cifar10-hier:../shared/data/cifar10-jpg     # real CIFAR-10 images
+    python launch/sweep.py --preset paper --data cifar100:/datasets --device cuda
+    python launch/sweep.py --models bilateral-unspecialised --seeds 0         # one run, in process (debug)
+    python launch/sweep.py --dry-run                             # print stages, runs, dependencies
+    python launch/sweep.py train.epochs=2 optim.lr=1e-3          # key=value overrides of any config key
+
+A rerun of the same command skips finished runs and resumes unfinished ones from their checkpoints.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from bilateral.config import PRESETS, SweepConfig, load_config, parse_seeds, to_dict
+from bilateral.errors import BilateralError
+from bilateral.experiment import Plan, build_plan
+from bilateral.report import markdown, paired_differences, runs_table, summarize, write_report
+from bilateral.store import SweepStore
+from bilateral.sweep import InProcessExecutor, run_sweep
+
+log = logging.getLogger("sweep")
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument(
+        "--cluster",
+        choices=["local", "ray", "slurm"],
+        default="local",
+        help="where runs execute: local = in this process, one after another",
+    )
+    p.add_argument("--preset", default="smoke", help=f"one of {', '.join(PRESETS)} (default smoke)")
+    p.add_argument("--config", help="YAML file of overrides, applied after the preset")
+    p.add_argument(
+        "--data",
+        help="dataset spec: synthetic | cifar10-hier:PATH | cifar10-hier4:PATH | "
+        "cifar100[:PATH] | folder:ROOT:COARSE_MAP.json",
+    )
+    p.add_argument("--backbone", help="hemisphere backbone: resnet9 | vgg11 | resnet18 | resnet34")
+    p.add_argument("--seeds", help="e.g. 0,1,2 or 0-4")
+    p.add_argument("--models", help="comma-separated subset of the plan (see --dry-run), default all")
+    p.add_argument("--device", help="auto (cuda if available) | cpu | cuda | cuda:N")
+    p.add_argument("--out", help="results root (default results)")
+    p.add_argument("--name", help="sweep name: results/<name>/ (default <preset>-<data>-<backbone>)")
+    p.add_argument("--dry-run", action="store_true", help="print the plan and exit")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="any config key, e.g. train.epochs=2")
+    return p.parse_args(argv)
+
+
+def resolve_config(args: argparse.Namespace) -> SweepConfig:
+    flags = {
+        "data.source": args.data,
+        "plan.backbone": args.backbone,
+        "device": args.device,
+        "out": args.out,
+        "name": args.name,
+    }
+    overrides = [f"{k}={v}" for k, v in flags.items() if v is not None]
+    if args.seeds is not None:
+        overrides.append(f"plan.seeds=[{','.join(map(str, parse_seeds(args.seeds)))}]")
+    if args.models is not None:
+        overrides.append(f"plan.models=[{args.models}]")
+    cfg = load_config(args.preset, args.config, overrides + list(args.overrides))
+    if cfg.name is None:
+        data_name = cfg.data.source.split(":")[0]
+        cfg.name = f"{cfg.preset}-{data_name}-{cfg.plan.backbone}"
+    return cfg
+
+
+def preflight(cfg: SweepConfig, plan: Plan) -> None:
+    """Fail before any training on what would fail every run: the data, and every architecture."""
+    from bilateral.assemble import build_model
+    from bilateral.train import load_data
+
+    data = load_data(cfg.data.source, cfg.data_dir, cfg.data.verify_md5)
+    for spec in {(s.kind, s.backbone, s.right_backbone): s for s in plan.runs if s.trains}.values():
+        build_model(spec, data.num_fine, data.num_coarse)
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    cfg = resolve_config(args)
+    plan = build_plan(cfg)
+    if args.dry_run:
+        print(f"sweep {cfg.name} -> {Path(cfg.out) / cfg.name}\n{plan.describe()}")
+        return 0
+    if args.cluster != "local":
+        raise BilateralError(f"--cluster {args.cluster} is not available yet: use --cluster local")
+    preflight(cfg, plan)
+    store = SweepStore(Path(cfg.out) / cfg.name)
+    store.write_plan(to_dict(cfg), plan.runs)
+    log.info("sweep %s: %d runs in %d stages -> %s", cfg.name, len(plan.runs), len(plan.stages), store.root)
+    failed = run_sweep(plan, store, InProcessExecutor(store, plan, cfg.device, cfg.data_dir))
+    finished = list(store.records())
+    if finished:
+        write_report(store.root, copy_summary_to=Path(cfg.out) / "summary.csv")
+        runs = runs_table(finished)
+        print(markdown(summarize(runs), paired_differences(runs), cfg.name))
+        print(f"wrote {store.root / 'summary.csv'} and {Path(cfg.out) / 'summary.csv'}")
+    if failed:
+        print(
+            f"{len(failed)} run(s) did not finish; rerun the same command to retry only those:",
+            file=sys.stderr,
+        )
+        for run_id, error in failed.items():
+            print(f"  {run_id}: {error.strip().splitlines()[-1]}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
+    try:
+        sys.exit(main(sys.argv[1:]))
+    except BilateralError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,39 @@
+"""Shared fixtures: tiny CPU-sized specs on the synthetic dataset."""
+
+from pathlib import Path
+
+import pytest
+
+from bilateral.config import load_config
+from bilateral.experiment import build_plan
+
+REPO = Path(__file__).resolve().parents[1]
+CIFAR10_JPG = REPO.parent / "shared" / "data" / "cifar10-jpg"
+TINY = [
+    "data.source=synthetic",
+    "data.val_size=200",
+    "data.train_subset=600",
+    "data.test_subset=400",
+    "model.width=0.125",
+    "train.epochs=2",
+    "train.batch_size=64",
+    "train.eval_batch_size=500",
+    "optim.lr=3e-3",
+    "plan.seeds=[0]",
+    "plan.pool_size=2",
+    "plan.ensemble_top=[1,2]",
+]
+
+
+def tiny_config(*overrides: str):
+    cfg = load_config("smoke", overrides=[*TINY, *overrides])
+    cfg.data_dir = str(REPO / "data")
+    return cfg
+
+
+@pytest.fixture
+def tiny_plan():
+    def make(*overrides: str):
+        return build_plan(tiny_config(*overrides))
+
+    return make

@@ -1,0 +1,89 @@
+import math
+
+import pandas as pd
+import pytest
+from scipy import stats
+
+from bilateral.report import paired_differences, runs_table, summarize, write_report
+from bilateral.store import SweepStore
+
+
+def record(model, seed, fine, coarse, wall=3600.0, member=0, depends_on=(), backbone="resnet9", run_id=None):
+    return {
+        "run_id": run_id or f"{model}-{backbone}-s{seed}-m{member}",
+        "model": model,
+        "backbone": backbone,
+        "seed": seed,
+        "member": member,
+        "test_acc_fine": fine,
+        "test_acc_coarse": coarse,
+        "params": 100,
+        "wall_time_s": wall,
+        "spec": {"depends_on": list(depends_on)},
+    }
+
+
+RECORDS = [
+    record("hemisphere-fine", 0, 0.60, float("nan"), run_id="hf0"),
+    record("hemisphere-coarse", 0, float("nan"), 0.70, run_id="hc0"),
+    record("bilateral-specialised", 0, 0.70, 0.80, wall=1800, depends_on=["hf0", "hc0"]),
+    record("bilateral-specialised", 1, 0.72, 0.84, wall=1800),
+    record("bilateral-specialised", 2, 0.74, 0.82, wall=1800),
+    record("unilateral", 0, 0.65, 0.75),
+    record("unilateral", 1, 0.66, 0.79),
+    record("unilateral", 2, 0.70, 0.76),
+    record("unilateral", 0, 0.10, 0.10, member=3),  # a pool member: no row of its own
+]
+
+
+def test_summary_statistics_on_known_records():
+    summary = summarize(runs_table(RECORDS)).set_index("model")
+    bil = summary.loc["bilateral-specialised"]
+    assert bil["seeds"] == 3
+    assert bil["fine_acc_mean"] == pytest.approx(0.72)
+    assert bil["fine_acc_std"] == pytest.approx(0.02)  # sample std of .70 .72 .74
+    assert bil["coarse_acc_mean"] == pytest.approx(0.82)
+    assert bil["coarse_acc_std"] == pytest.approx(0.02)
+    # own 3 x 0.5 h plus the two hemispheres of seed 0 (1 h each)
+    assert bil["compute_hours"] == pytest.approx(3.5)
+    uni = summary.loc["unilateral"]
+    assert uni["seeds"] == 3 and uni["fine_acc_mean"] == pytest.approx((0.65 + 0.66 + 0.70) / 3)
+    assert math.isnan(summary.loc["hemisphere-fine", "coarse_acc_mean"])
+    assert math.isnan(summary.loc["hemisphere-fine", "fine_acc_std"])  # one seed: no std
+
+
+def test_paired_difference_matches_scipy():
+    diffs = paired_differences(runs_table(RECORDS)).set_index("model")
+    uni = diffs.loc["unilateral"]
+    assert uni["pairs"] == 3
+    assert uni["fine_diff_mean"] == pytest.approx(((0.65 - 0.70) + (0.66 - 0.72) + (0.70 - 0.74)) / 3)
+    expected = stats.ttest_rel([0.65, 0.66, 0.70], [0.70, 0.72, 0.74]).pvalue
+    assert uni["fine_p"] == pytest.approx(expected)
+    assert math.isnan(diffs.loc["hemisphere-fine", "fine_p"])  # one pair
+
+
+def test_write_report_files(tmp_path):
+    sweep = SweepStore(tmp_path / "s")
+    import json
+
+    for r in RECORDS:
+        path = sweep.run(r["run_id"]).path("record.json")
+        path.parent.mkdir(parents=True)
+        path.write_text(json.dumps(r))
+    write_report(sweep.root, copy_summary_to=tmp_path / "summary.csv")
+    summary = pd.read_csv(tmp_path / "summary.csv")
+    assert list(summary.columns) == [
+        "model",
+        "backbone",
+        "seeds",
+        "fine_acc_mean",
+        "fine_acc_std",
+        "coarse_acc_mean",
+        "coarse_acc_std",
+        "params",
+        "compute_hours",
+    ]
+    assert len(summary) == 4
+    assert len(pd.read_csv(sweep.root / "runs.csv")) == len(RECORDS)
+    report = (sweep.root / "report.md").read_text()
+    assert "0.7200 ± 0.0200" in report and "minus bilateral-specialised" in report

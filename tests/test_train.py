@@ -1,0 +1,116 @@
+import numpy as np
+import pytest
+import torch
+
+from bilateral.errors import CheckpointError
+from bilateral.models import build_backbone
+from bilateral.store import RunStore, SweepStore
+from bilateral.train import load_data, make_splits, run
+from tests.conftest import REPO
+
+
+class Killed(BaseException):
+    """Stands in for SIGKILL right after a checkpoint was written."""
+
+
+def only(plan, kind):
+    (spec,) = [s for s in plan.runs if s.kind == kind]
+    return spec
+
+
+def test_run_writes_record_checkpoints_and_predictions(tmp_path, tiny_plan):
+    spec = only(tiny_plan("plan.models=[unilateral]"), "unilateral")
+    store = SweepStore(tmp_path)
+    record = run(spec, store, device="cpu", data_dir=str(REPO / "data"))
+    run_dir = store.run(spec.run_id)
+    assert run_dir.is_finished() and run_dir.has_checkpoint("best") and run_dir.has_checkpoint("last")
+    assert len(run_dir.read_metrics()) == 2
+    assert 0.0 <= record["test_acc_fine"] <= 1.0 and record["test_acc_coarse"] > 1 / 4  # learns coarse
+    assert record["split"]["val"] == 200 and record["split"]["test"] == 400
+    preds = run_dir.load_arrays("predictions.npz")
+    assert preds["logits_fine"].shape == (400, 20) and preds["logits_coarse"].shape == (400, 4)
+    assert record["params"] > 0 and record["train_images_per_s"] > 0 and record["device"] == "cpu"
+    # a finished run is returned, not retrained
+    assert run(spec, store, device="cpu", data_dir=str(REPO / "data")) == record
+
+
+def test_validation_is_held_out_of_train(tiny_plan):
+    spec = tiny_plan("plan.models=[unilateral]").runs[0]
+    data = load_data(spec.data.source, str(REPO / "data"), True)
+    splits = make_splits(data, spec)
+    assert not set(splits.train) & set(splits.val)
+    assert len(splits.val) == 200 and len(splits.train) == 600 and len(splits.test) == 400
+
+
+def test_resume_ends_identical_to_uninterrupted(tmp_path, tiny_plan, monkeypatch):
+    spec = only(
+        tiny_plan("plan.models=[bilateral-unspecialised]", "train.epochs=3"), "bilateral-unspecialised"
+    )
+    full = run(spec, SweepStore(tmp_path / "full"), device="cpu", data_dir=str(REPO / "data"))
+
+    save = RunStore.save_checkpoint
+
+    def save_then_die(self, name, state):
+        save(self, name, state)
+        if name == "last" and state["epoch"] == 0:
+            raise Killed
+
+    monkeypatch.setattr(RunStore, "save_checkpoint", save_then_die)
+    store = SweepStore(tmp_path / "resumed")
+    with pytest.raises(Killed):
+        run(spec, store, device="cpu", data_dir=str(REPO / "data"))
+    assert not store.run(spec.run_id).is_finished()
+    monkeypatch.setattr(RunStore, "save_checkpoint", save)
+    resumed = run(spec, store, device="cpu", data_dir=str(REPO / "data"))
+
+    assert resumed["resumed_from_epoch"] == 1 and full["resumed_from_epoch"] is None
+    for key in ("test_acc_fine", "test_acc_coarse", "test_loss_fine", "val_score", "best_epoch"):
+        assert resumed[key] == full[key], key
+    a = SweepStore(tmp_path / "full").run(spec.run_id).load_checkpoint("last")["model"]
+    b = store.run(spec.run_id).load_checkpoint("last")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert [m["train_loss"] for m in store.run(spec.run_id).read_metrics()] == [
+        m["train_loss"] for m in SweepStore(tmp_path / "full").run(spec.run_id).read_metrics()
+    ]
+
+
+def test_specialised_bilateral_keeps_its_hemispheres_frozen(tmp_path, tiny_plan):
+    plan = tiny_plan("plan.models=[bilateral-specialised]")
+    store = SweepStore(tmp_path)
+    for spec in plan.runs:
+        run(spec, store, device="cpu", data_dir=str(REPO / "data"))
+    bilateral = only(plan, "bilateral-specialised")
+    final = store.run(bilateral.run_id).load_checkpoint("last")["model"]
+    for side, kind in (("left", "hemisphere-fine"), ("right", "hemisphere-coarse")):
+        hemisphere = store.run(only(plan, kind).run_id).load_checkpoint("best")["model"]
+        for key, value in hemisphere.items():
+            if key.startswith("backbone."):  # weights and BN running statistics
+                assert torch.equal(final[f"{side}.{key.removeprefix('backbone.')}"], value), key
+    record = store.run(bilateral.run_id).read_record()
+    assert record["trainable_params"] < record["params"] / 5  # only the heads train
+
+
+def test_ensemble_selects_on_validation_and_averages(tmp_path, tiny_plan):
+    plan = tiny_plan("plan.models=[ensemble-top1,ensemble-top2]")
+    store = SweepStore(tmp_path)
+    for spec in plan.runs:
+        run(spec, store, device="cpu", data_dir=str(REPO / "data"))
+    pool = [store.run(s.run_id).read_record() for s in plan.runs if s.kind == "unilateral"]
+    top1 = next(store.run(s.run_id).read_record() for s in plan.runs if s.model_name == "ensemble-top1")
+    best = max(pool, key=lambda r: (r["val_score"], -r["member"]))
+    assert top1["members"] == [best["run_id"]]
+    assert top1["test_acc_fine"] == pytest.approx(best["test_acc_fine"])
+    top2 = next(s for s in plan.runs if s.model_name == "ensemble-top2")
+    logits = store.run(top2.run_id).load_arrays("predictions.npz")["logits_fine"]
+    members = [store.run(r["run_id"]).load_arrays("predictions.npz")["logits_fine"] for r in pool]
+    np.testing.assert_allclose(logits, np.mean(members, axis=0), rtol=1e-5, atol=1e-5)
+
+
+def test_checkpoint_of_another_architecture_is_refused(tmp_path, tiny_plan):
+    spec = only(tiny_plan("plan.models=[unilateral]"), "unilateral")
+    store = SweepStore(tmp_path)
+    wrong = build_backbone("resnet18", width=0.125).state_dict()
+    store.run(spec.run_id).save_checkpoint("last", {"model": wrong, "epoch": 0})
+    with pytest.raises(CheckpointError, match="last.pt"):
+        run(spec, store, device="cpu", data_dir=str(REPO / "data"))
+    assert store.run(spec.run_id).has_checkpoint("last")  # nothing deleted
