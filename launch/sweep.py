@@ -50,7 +50,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--name", help="sweep name: results/<name>/ (default <preset>-<data>-<backbone>)")
     p.add_argument("--dry-run", action="store_true", help="print the plan and exit")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="any config key, e.g. train.epochs=2")
-    return p.parse_args(argv)
+    return p.parse_intermixed_args(argv)
 
 
 def resolve_config(args: argparse.Namespace) -> SweepConfig:

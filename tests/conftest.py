@@ -10,23 +10,22 @@ from bilateral.experiment import build_plan
 REPO = Path(__file__).resolve().parents[1]
 CIFAR10_JPG = REPO.parent / "shared" / "data" / "cifar10-jpg"
 TINY = [
-    "data.source=synthetic",
     "data.val_size=200",
-    "data.train_subset=600",
+    "data.train_subset=1000",
     "data.test_subset=400",
     "model.width=0.125",
+    "model.dropout=0.1",
     "train.epochs=2",
     "train.batch_size=64",
     "train.eval_batch_size=500",
     "optim.lr=3e-3",
-    "plan.seeds=[0]",
     "plan.pool_size=2",
     "plan.ensemble_top=[1,2]",
 ]
 
 
 def tiny_config(*overrides: str):
-    cfg = load_config("smoke", overrides=[*TINY, *overrides])
+    cfg = load_config("smoke", overrides=["plan.seeds=[0]", *TINY, *overrides])
     cfg.data_dir = str(REPO / "data")
     return cfg
 

@@ -1,0 +1,36 @@
+"""The paper's augmentation (reflect-pad crop + horizontal flip) and normalisation as batched ops.
+
+Everything happens on the batch's device in a few tensor operations, so augmentation never
+leaves the GPU. Random numbers come from a CPU generator, so results do not depend on the device.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def augment_batch(
+    images: torch.Tensor, generator: torch.Generator, padding: int = 4, flip: bool = True
+) -> torch.Tensor:
+    """Random 32x32 crops of the reflect-padded batch, each flipped horizontally with p=0.5.
+
+    images: float (B, C, H, W). One gather picks every sample's window (and its mirror image).
+    """
+    b, c, h, w = images.shape
+    offsets = torch.randint(0, 2 * padding + 1, (2, b), generator=generator)
+    flips = torch.rand(b, generator=generator) < 0.5 if flip else torch.zeros(b, dtype=torch.bool)
+    offsets, flips = offsets.to(images.device), flips.to(images.device)
+    padded = F.pad(images, (padding,) * 4, mode="reflect") if padding else images
+    width = w + 2 * padding
+    rows = offsets[0, :, None] + torch.arange(h, device=images.device)  # (B, H)
+    cols = torch.arange(w, device=images.device).expand(b, w)
+    cols = offsets[1, :, None] + torch.where(flips[:, None], w - 1 - cols, cols)  # (B, W)
+    flat = (rows[:, :, None] * width + cols[:, None, :]).reshape(b, 1, h * w).expand(b, c, h * w)
+    return padded.reshape(b, c, -1).gather(2, flat).reshape(b, c, h, w)
+
+
+def normalize(images_uint8_nchw: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """float32 (x / 255 - mean) / std with per-channel mean and std of shape (C,)."""
+    x = images_uint8_nchw.float().div_(255)
+    return x.sub_(mean.view(1, -1, 1, 1)).div_(std.view(1, -1, 1, 1))

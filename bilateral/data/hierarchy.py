@@ -1,0 +1,181 @@
+"""Datasets with two label levels: every image has a fine label and the coarse label it implies."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from bilateral.errors import DataError
+
+IMAGE_SHAPE = (32, 32, 3)
+
+Stats = tuple[tuple[float, float, float], tuple[float, float, float]]
+
+
+@dataclass(eq=False)
+class HierarchicalSplit:
+    """One split (train or test): uint8 HWC images with their fine and coarse labels."""
+
+    images: np.ndarray  # uint8 (N, 32, 32, 3)
+    fine: np.ndarray  # int64 (N,)
+    coarse: np.ndarray  # int64 (N,)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+
+@dataclass(eq=False)
+class HierarchicalDataset:
+    """A train and a test split plus the class names and the fine -> coarse map they share."""
+
+    name: str
+    train: HierarchicalSplit
+    test: HierarchicalSplit
+    fine_names: list[str]
+    coarse_names: list[str]
+    fine_to_coarse: np.ndarray  # int64 (num_fine,): coarse index of each fine class
+    _fingerprint: str | None = field(default=None, init=False, repr=False)
+    _mean_std: Stats | None = field(default=None, init=False, repr=False)
+
+    @property
+    def num_fine(self) -> int:
+        return len(self.fine_names)
+
+    @property
+    def num_coarse(self) -> int:
+        return len(self.coarse_names)
+
+    def validate(self) -> None:
+        """Raise DataError unless arrays, names and labels are mutually consistent.
+
+        Every loader calls this, so a model never trains on labels that disagree with the map.
+        """
+        f2c = self.fine_to_coarse
+        if f2c.dtype != np.int64 or f2c.shape != (self.num_fine,):
+            raise DataError(
+                f"{self.name}: fine_to_coarse has dtype {f2c.dtype} and shape {f2c.shape}, "
+                f"expected int64 ({self.num_fine},). Fix: rebuild it with fine_to_coarse_from_map."
+            )
+        if self.num_fine and (f2c.min() < 0 or f2c.max() >= self.num_coarse):
+            raise DataError(
+                f"{self.name}: fine_to_coarse points outside the {self.num_coarse} coarse classes. "
+                "Fix: make every fine class map to an existing coarse class."
+            )
+        for split_name, split in (("train", self.train), ("test", self.test)):
+            self._validate_split(split_name, split)
+
+    def _validate_split(self, split_name: str, split: HierarchicalSplit) -> None:
+        where = f"{self.name} {split_name}"
+        n = len(split.images)
+        if split.images.dtype != np.uint8 or split.images.shape[1:] != IMAGE_SHAPE:
+            raise DataError(
+                f"{where}: images have dtype {split.images.dtype} and shape {split.images.shape}, "
+                f"expected uint8 (N, 32, 32, 3). Fix: decode the images as 32x32 RGB uint8."
+            )
+        for level, labels, count in (
+            ("fine", split.fine, self.num_fine),
+            ("coarse", split.coarse, self.num_coarse),
+        ):
+            if labels.dtype != np.int64 or labels.shape != (n,):
+                raise DataError(
+                    f"{where}: {level} labels have dtype {labels.dtype} and shape {labels.shape}, "
+                    f"expected int64 ({n},), one per image. Fix: rebuild the dataset."
+                )
+            if n and (labels.min() < 0 or labels.max() >= count):
+                raise DataError(
+                    f"{where}: {level} labels fall outside 0..{count - 1}. "
+                    f"Fix: check the labels against the {count} {level} class names."
+                )
+        bad = np.flatnonzero(split.coarse != self.fine_to_coarse[split.fine])
+        if bad.size:
+            i = int(bad[0])
+            fine = self.fine_names[split.fine[i]]
+            raise DataError(
+                f"{where}: {bad.size} samples have a coarse label that disagrees with the fine -> "
+                f"coarse map (first: sample {i}, fine '{fine}', coarse "
+                f"'{self.coarse_names[split.coarse[i]]}', map says "
+                f"'{self.coarse_names[self.fine_to_coarse[split.fine[i]]]}'). "
+                "Fix: correct the coarse labels or the coarse map."
+            )
+
+    def fingerprint(self) -> str:
+        """16 hex chars identifying the exact data, recorded with every run to detect drift."""
+        if self._fingerprint is None:
+            h = hashlib.sha256()
+            h.update("\n".join([self.name, *self.fine_names, "|", *self.coarse_names]).encode())
+            h.update(np.ascontiguousarray(self.fine_to_coarse).tobytes())
+            for split in (self.train, self.test):
+                for array in (split.images, split.fine, split.coarse):
+                    h.update(str(array.shape).encode())
+                    h.update(np.ascontiguousarray(array).tobytes())
+            self._fingerprint = h.hexdigest()[:16]
+        return self._fingerprint
+
+    def mean_std(self) -> Stats:
+        """Per-channel mean and std of the train images in [0, 1], for normalisation.
+
+        Exact, from per-channel histograms built in chunks, so no float copy of the split is made.
+        """
+        if self._mean_std is None:
+            counts = np.zeros((3, 256), dtype=np.int64)
+            for start in range(0, len(self.train.images), 4096):
+                chunk = self.train.images[start : start + 4096]
+                for c in range(3):
+                    counts[c] += np.bincount(chunk[..., c].ravel(), minlength=256)
+            values = np.arange(256) / 255.0
+            mean = counts @ values / counts.sum(axis=1)
+            var = (counts * (values - mean[:, None]) ** 2).sum(axis=1) / counts.sum(axis=1)
+            std = np.sqrt(var)
+            self._mean_std = (
+                (float(mean[0]), float(mean[1]), float(mean[2])),
+                (float(std[0]), float(std[1]), float(std[2])),
+            )
+        return self._mean_std
+
+
+def fine_to_coarse_from_map(
+    coarse_to_fine: dict[str, list[str]], fine_names: list[str]
+) -> tuple[np.ndarray, list[str]]:
+    """Turn a {coarse: [fine, ...]} map into (fine_to_coarse, coarse_names).
+
+    Coarse classes keep the map's order. The map must assign each fine class exactly one coarse class.
+    """
+    index = {name: i for i, name in enumerate(fine_names)}
+    coarse_names = list(coarse_to_fine)
+    owner: dict[str, str] = {}
+    fine_to_coarse = np.full(len(fine_names), -1, dtype=np.int64)
+    for c, coarse in enumerate(coarse_names):
+        members = coarse_to_fine[coarse]
+        if not members:
+            raise DataError(
+                f"coarse map: coarse class '{coarse}' lists no fine classes. "
+                "Fix: give it at least one fine class or remove it."
+            )
+        for fine in members:
+            if fine not in index:
+                raise DataError(
+                    f"coarse map: coarse class '{coarse}' names fine class '{fine}', which does not "
+                    f"exist (the data has {sorted(index)}). Fix: correct the name in the map."
+                )
+            if fine in owner:
+                raise DataError(
+                    f"the coarse map is not a function: fine class '{fine}' is listed "
+                    f"under both '{owner[fine]}' and '{coarse}'. Fix: keep it under one coarse class."
+                )
+            owner[fine] = coarse
+            fine_to_coarse[index[fine]] = c
+    missing = [name for name in fine_names if name not in owner]
+    if missing:
+        raise DataError(
+            f"coarse map: fine classes {missing} are missing from the coarse map. "
+            "Fix: list each of them under one coarse class."
+        )
+    return fine_to_coarse, coarse_names
+
+
+def labels_to_split(images: np.ndarray, fine: np.ndarray, fine_to_coarse: np.ndarray) -> HierarchicalSplit:
+    """A split whose coarse labels are derived from its fine labels through the map."""
+    fine = np.asarray(fine, dtype=np.int64)
+    return HierarchicalSplit(images=images, fine=fine, coarse=fine_to_coarse[fine])
