@@ -119,16 +119,20 @@ def run(spec: RunSpec, store: SweepStore, device: str = "auto", data_dir: str = 
     started = time.time()
     val_metrics, _ = evaluate(model, val, spec, dev)
     test_metrics, outputs = evaluate(model, test, spec, dev)
-    coarse_of_fine = torch.as_tensor(data.fine_to_coarse)
-    if "fine" in outputs:
+    labels = {"fine": data.test.fine[splits.test], "coarse": data.test.coarse[splits.test]}
+    predicted = {h: z.argmax(1).numpy() for h, z in outputs.items()}
+    if "fine" in predicted:  # a fine prediction implies a coarse one through the hierarchy
         test_metrics["acc_coarse_from_fine"] = float(
-            (coarse_of_fine[outputs["fine"].argmax(1)] == torch.as_tensor(data.test.coarse[splits.test]))
-            .float()
-            .mean()
+            np.mean(data.fine_to_coarse[predicted["fine"]] == labels["coarse"])
         )
-    run_store.save_arrays(
+    run_store.save_arrays(  # per-sample test outputs for the analysis
         "predictions.npz",
-        {"test_index": splits.test, **{f"logits_{h}": outputs[h].numpy() for h in outputs}},
+        {
+            "test_index": splits.test,
+            **{f"label_{h}": y for h, y in labels.items()},
+            **{f"logits_{h}": z.numpy() for h, z in outputs.items()},
+            **{f"correct_{h}": predicted[h] == labels[h] for h in predicted},
+        },
     )
     record = {
         "run_id": spec.run_id,
@@ -381,24 +385,24 @@ def evaluate(
     return metrics, out
 
 
-@functools.cache
-def versions() -> dict:
+def _git(*args: str) -> str | None:
     try:
-        commit = (
-            subprocess.run(
-                ["git", "rev-parse", "HEAD"],
-                cwd=Path(__file__).parent,
-                capture_output=True,
-                text=True,
-                timeout=5,
-            ).stdout.strip()
-            or None
+        out = subprocess.run(
+            ["git", *args], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5
         )
     except (OSError, subprocess.SubprocessError):
-        commit = None
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+@functools.cache
+def versions() -> dict:
+    """What produced a run: the code's commit (and whether it had local changes) and library versions."""
+    status = _git("status", "--porcelain", "--untracked-files=no")
     return {
         "bilateral": bilateral.__version__,
-        "git_commit": commit,
+        "git_commit": _git("rev-parse", "HEAD"),
+        "git_dirty": None if status is None else bool(status),
         "torch": torch.__version__,
         "python": platform.python_version(),
         "numpy": np.__version__,

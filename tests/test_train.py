@@ -30,6 +30,10 @@ def test_run_writes_record_checkpoints_and_predictions(tmp_path, tiny_plan):
     assert record["split"]["val"] == 200 and record["split"]["test"] == 400
     preds = run_dir.load_arrays("predictions.npz")
     assert preds["logits_fine"].shape == (400, 20) and preds["logits_coarse"].shape == (400, 4)
+    assert preds["correct_fine"].mean() == pytest.approx(record["test_acc_fine"])
+    np.testing.assert_array_equal(
+        preds["correct_coarse"], preds["logits_coarse"].argmax(1) == preds["label_coarse"]
+    )
     assert record["params"] > 0 and record["train_images_per_s"] > 0 and record["device"] == "cpu"
     # a finished run is returned, not retrained
     mtime = run_dir.path("record.json").stat().st_mtime_ns
