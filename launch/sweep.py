@@ -17,6 +17,8 @@ import logging
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # ray_jobs/ and slurm/ sit beside launch/
+
 from bilateral.config import PRESETS, SweepConfig, load_config, parse_seeds, to_dict
 from bilateral.errors import BilateralError
 from bilateral.experiment import Plan, build_plan
@@ -49,7 +51,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--out", help="results root (default results)")
     p.add_argument("--name", help="sweep name: results/<name>/ (default <preset>-<data>-<backbone>)")
     p.add_argument("--dry-run", action="store_true", help="print the plan and exit")
+    p.add_argument("--analyze", action="store_true", help="after the sweep, run launch/analyze.py on it")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="any config key, e.g. train.epochs=2")
+    for name, backend in BACKENDS.items():
+        backend().add_arguments(p.add_argument_group(f"--cluster {name}"))
     return p.parse_intermixed_args(argv)
 
 
@@ -83,6 +88,34 @@ def preflight(cfg: SweepConfig, plan: Plan) -> None:
         build_model(spec, data.num_fine, data.num_coarse)
 
 
+class LocalBackend:
+    """Runs in this process, one after another."""
+
+    @staticmethod
+    def add_arguments(parser: argparse.ArgumentParser) -> None:
+        pass
+
+    @staticmethod
+    def run(args: argparse.Namespace, cfg: SweepConfig, plan: Plan, store: SweepStore) -> dict[str, str]:
+        return run_sweep(plan, store, InProcessExecutor(store, plan, cfg.device, cfg.data_dir))
+
+
+def _ray_backend():
+    from ray_jobs import backend
+
+    return backend
+
+
+def _slurm_backend():
+    from slurm import backend
+
+    return backend
+
+
+# Each backend module has add_arguments(parser) and run(args, cfg, plan, store) -> {run_id: error}.
+BACKENDS = {"local": lambda: LocalBackend, "ray": _ray_backend, "slurm": _slurm_backend}
+
+
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
     cfg = resolve_config(args)
@@ -90,19 +123,21 @@ def main(argv: list[str]) -> int:
     if args.dry_run:
         print(f"sweep {cfg.name} -> {Path(cfg.out) / cfg.name}\n{plan.describe()}")
         return 0
-    if args.cluster != "local":
-        raise BilateralError(f"--cluster {args.cluster} is not available yet: use --cluster local")
     preflight(cfg, plan)
     store = SweepStore(Path(cfg.out) / cfg.name)
     store.write_plan(to_dict(cfg), plan.runs)
     log.info("sweep %s: %d runs in %d stages -> %s", cfg.name, len(plan.runs), len(plan.stages), store.root)
-    failed = run_sweep(plan, store, InProcessExecutor(store, plan, cfg.device, cfg.data_dir))
+    failed = BACKENDS[args.cluster]().run(args, cfg, plan, store)
     finished = list(store.records())
     if finished:
         write_report(store.root, copy_summary_to=Path(cfg.out) / "summary.csv")
         runs = runs_table(finished)
         print(markdown(summarize(runs), paired_differences(runs), cfg.name))
         print(f"wrote {store.root / 'summary.csv'} and {Path(cfg.out) / 'summary.csv'}")
+        if args.analyze:
+            from bilateral.analysis import analyze_sweep
+
+            print(f"wrote {analyze_sweep(store.root, device=cfg.device, data_dir=cfg.data_dir)}")
     if failed:
         print(
             f"{len(failed)} run(s) did not finish; rerun the same command to retry only those:",
