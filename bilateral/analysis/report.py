@@ -22,8 +22,9 @@ class Section:
     def add(self, *lines: str) -> None:
         self.body.extend(lines)
 
-    def table(self, df: pd.DataFrame, floatfmt: str = ".4f") -> None:
-        self.body += [df.to_markdown(index=False, floatfmt=floatfmt), ""]
+    def table(self, df: pd.DataFrame, floatfmt: str = ".4f", numparse: bool = True) -> None:
+        """numparse=False keeps pre-formatted string cells as they are."""
+        self.body += [df.to_markdown(index=False, floatfmt=floatfmt, disable_numparse=not numparse), ""]
 
     def figure(self, path: Path, caption: str) -> None:
         """Embed a PNG that sits in the analysis directory (or below it) by its relative path."""

@@ -180,7 +180,7 @@ def run(ctx: SweepContext, out: Path, plot_points: int = 3000) -> Section:
     for r in reps:
         table[r] = [pm(m, s) for m, s in zip(agg[f"{r}_mean"], agg[f"{r}_std_over_seeds"], strict=True)]
     table["corr(left, right)"] = agg["corr_left_right"].map(lambda v: "—" if pd.isna(v) else f"{v:.3f}")
-    section.table(table)
+    section.table(table, numparse=False)
     path = figures.similarity_bars(agg, reps, out / "figures" / "similarity_by_scenario.png")
     section.figure(path, "Mean same-class cosine similarity per scenario and representation")
     section.figure(figs[0], f"Joint plot per scenario, seed {seeds[0]} (as the paper's figure 10)")
