@@ -16,13 +16,16 @@ import math
 import platform
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 import bilateral
@@ -34,7 +37,7 @@ from bilateral.data import (
     stratified_subset,
     validation_split,
 )
-from bilateral.errors import CheckpointError
+from bilateral.errors import CheckpointError, ConfigError
 from bilateral.experiment import RunSpec
 from bilateral.models import Ensemble, count_parameters, load_state_strict
 from bilateral.store import RunStore, SweepStore
@@ -85,12 +88,40 @@ def make_splits(data: HierarchicalDataset, spec: RunSpec) -> Splits:
     return Splits(train, val, test)
 
 
-def run(spec: RunSpec, store: SweepStore, device: str = "auto", data_dir: str = "data") -> dict:
-    """Train (or, for an ensemble, assemble) one spec and return its record; a finished run is skipped."""
+def distributed() -> tuple[int, int]:
+    """(rank, world size) of the torch.distributed group this process is in; (0, 1) when there is none."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+EpochCallback = Callable[[dict], None]
+
+
+def run(
+    spec: RunSpec,
+    store: SweepStore,
+    device: str = "auto",
+    data_dir: str = "data",
+    on_epoch: EpochCallback | None = None,
+) -> dict:
+    """Train (or, for an ensemble, assemble) one spec and return its record; a finished run is skipped.
+
+    Inside an initialised torch.distributed group (Ray Train, Slurm tasks) the run trains with DDP:
+    each rank takes its share of every global batch of spec.train.batch_size, and rank 0 alone
+    writes. on_epoch receives each epoch's metrics row (progress reporting for a backend).
+    """
     run_store = store.run(spec.run_id)
     if run_store.is_finished():
         return run_store.read_record()
-    run_store.write_spec(spec)
+    rank, world = distributed()
+    if spec.train.batch_size % world:
+        raise ConfigError(
+            f"train.batch_size={spec.train.batch_size} does not split over {world} DDP workers: "
+            "choose a batch size divisible by the number of workers"
+        )
+    if rank == 0:
+        run_store.write_spec(spec)
     dev = resolve_device(device)
     data = load_data(spec.data.source, data_dir, spec.data.verify_md5)
     splits = make_splits(data, spec)
@@ -113,7 +144,7 @@ def run(spec: RunSpec, store: SweepStore, device: str = "auto", data_dir: str = 
     test = loader(data.test, splits.test, False, spec.train.eval_batch_size)
     if spec.trains:
         train = loader(data.train, splits.train, True, spec.train.batch_size)
-        model, stats = _train(spec, store, run_store, data, train, val, dev)
+        model, stats = _train(spec, store, run_store, data, train, val, dev, on_epoch)
     else:
         model, stats = _assemble_ensemble(spec, store, data, dev)
     started = time.time()
@@ -125,15 +156,6 @@ def run(spec: RunSpec, store: SweepStore, device: str = "auto", data_dir: str = 
         test_metrics["acc_coarse_from_fine"] = float(
             np.mean(data.fine_to_coarse[predicted["fine"]] == labels["coarse"])
         )
-    run_store.save_arrays(  # per-sample test outputs for the analysis
-        "predictions.npz",
-        {
-            "test_index": splits.test,
-            **{f"label_{h}": y for h, y in labels.items()},
-            **{f"logits_{h}": z.numpy() for h, z in outputs.items()},
-            **{f"correct_{h}": predicted[h] == labels[h] for h in predicted},
-        },
-    )
     record = {
         "run_id": spec.run_id,
         "model": spec.model_name,
@@ -146,11 +168,23 @@ def run(spec: RunSpec, store: SweepStore, device: str = "auto", data_dir: str = 
         **stats,
         "wall_time_s": stats.pop("wall_s") + time.time() - started,
         "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
+        "workers": world,
         "data_fingerprint": data.fingerprint(),
         "split": splits.describe(spec),
         "versions": versions(),
         "spec": spec.to_dict(),
     }
+    if rank != 0:
+        return record
+    run_store.save_arrays(  # per-sample test outputs for the analysis
+        "predictions.npz",
+        {
+            "test_index": splits.test,
+            **{f"label_{h}": y for h, y in labels.items()},
+            **{f"logits_{h}": z.numpy() for h, z in outputs.items()},
+            **{f"correct_{h}": predicted[h] == labels[h] for h in predicted},
+        },
+    )
     run_store.write_record(record)
     return record
 
@@ -208,7 +242,7 @@ def _attach_hemispheres(spec: RunSpec, store: SweepStore, model: nn.Module) -> N
     model.freeze_hemispheres(update_bn_stats=spec.model.frozen_bn_update)
 
 
-def _train(spec, store, run_store: RunStore, data, train: DeviceLoader, val: DeviceLoader, dev):
+def _train(spec, store, run_store: RunStore, data, train: DeviceLoader, val: DeviceLoader, dev, on_epoch):
     torch.manual_seed(spec.init_seed)
     model = build_model(spec, data.num_fine, data.num_coarse)
     if spec.kind == "bilateral-specialised":
@@ -216,8 +250,14 @@ def _train(spec, store, run_store: RunStore, data, train: DeviceLoader, val: Dev
     model.to(dev)
     if spec.train.channels_last:
         model.to(memory_format=torch.channels_last)
+    rank, world = distributed()
+    if world > 1 and dev.type == "cuda":  # batch statistics over the global batch, as with one worker
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     optimizer = make_optimizer(spec, model)
-    forward = torch.compile(model) if spec.train.compile else model
+    forward = model
+    if world > 1:
+        forward = DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
+    forward = torch.compile(forward) if spec.train.compile else forward
     epochs, steps_per_epoch = spec.train.epochs, len(train)
     state = {
         "epoch": -1,
@@ -254,6 +294,9 @@ def _train(spec, store, run_store: RunStore, data, train: DeviceLoader, val: Dev
         tic = time.perf_counter()
         total_loss = torch.zeros((), device=dev)
         for i, (x, fine, coarse) in enumerate(train):
+            if world > 1:  # this rank's contiguous share of the global batch
+                share = slice(rank * len(x) // world, (rank + 1) * len(x) // world)
+                x, fine, coarse = x[share], fine[share], coarse[share]
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(spec, epoch * steps_per_epoch + i, epochs * steps_per_epoch)
             with _autocast(spec, dev):
@@ -266,6 +309,9 @@ def _train(spec, store, run_store: RunStore, data, train: DeviceLoader, val: Dev
             bar.update()
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
+        if world > 1:
+            dist.all_reduce(total_loss)
+            total_loss /= world
         seconds = time.perf_counter() - tic
         state["train_time_s"] += seconds
         state["images"] += steps_per_epoch * train.batch_size
@@ -279,6 +325,8 @@ def _train(spec, store, run_store: RunStore, data, train: DeviceLoader, val: Dev
             **{f"val_{k}": v for k, v in val_metrics.items()},
         }
         metrics.append(row)
+        if on_epoch is not None:
+            on_epoch({**row, "val_score": score, "epochs": epochs})
         bar.set_postfix(
             epoch=f"{epoch + 1}/{epochs}",
             loss=f"{row['train_loss']:.3f}",
@@ -294,22 +342,27 @@ def _train(spec, store, run_store: RunStore, data, train: DeviceLoader, val: Dev
             score,
             row["images_per_s"],
         )
-        if score > state["best_score"]:
+        improved = score > state["best_score"]
+        if improved:
             state.update(best_score=score, best_epoch=epoch)
-            run_store.save_checkpoint("best", {"model": model.state_dict(), "epoch": epoch})
         state["epoch"] = epoch
         state["wall_s"] += time.perf_counter() - tic
-        run_store.write_metrics(metrics)  # before "last": a resume drops rows past the last checkpoint
-        run_store.save_checkpoint(
-            "last",
-            {
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "rng_cpu": torch.get_rng_state(),
-                **({"rng_cuda": torch.cuda.get_rng_state(dev)} if dev.type == "cuda" else {}),
-                **state,
-            },
-        )
+        if rank == 0:
+            if improved:
+                run_store.save_checkpoint("best", {"model": model.state_dict(), "epoch": epoch})
+            run_store.write_metrics(metrics)  # before "last": a resume drops rows past the last checkpoint
+            run_store.save_checkpoint(
+                "last",
+                {
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "rng_cpu": torch.get_rng_state(),
+                    **({"rng_cuda": torch.cuda.get_rng_state(dev)} if dev.type == "cuda" else {}),
+                    **state,
+                },
+            )
+        if world > 1:
+            dist.barrier()  # every rank sees this epoch's checkpoints before going on
     bar.close()
     load_state_strict(
         model, run_store.load_checkpoint("best")["model"], str(run_store.path("checkpoints/best.pt"))

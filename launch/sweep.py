@@ -149,10 +149,15 @@ def main(argv: list[str]) -> int:
     return 0
 
 
-if __name__ == "__main__":
+def cli(argv: list[str]) -> int:
+    """main() with logging set up and user errors printed without a traceback (exit code 2)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
     try:
-        sys.exit(main(sys.argv[1:]))
+        return main(argv)
     except BilateralError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(cli(sys.argv[1:]))

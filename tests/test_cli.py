@@ -23,7 +23,7 @@ DATA_DIR = f"data_dir={REPO / 'data'}"
 def sweep_cmd(out: Path, *args: str) -> list[str]:
     seeds = [] if "--seeds" in args else ["--seeds", "0"]
     script = str(REPO / "launch" / "sweep.py")
-    return [sys.executable, script, "--out", str(out), "--name", "t", *seeds, *args, *TINY, DATA_DIR]
+    return [sys.executable, script, "--out", str(out), "--name", "t", *seeds, *TINY, DATA_DIR, *args]
 
 
 def test_dry_run_prints_stages(capsys):
