@@ -41,12 +41,13 @@ def _torch_threads(cpus: float) -> None:
     torch.set_num_threads(max(1, int(cpus)))
 
 
-def _run_trial(config: dict) -> None:
+def _run_trial(trial: dict, settings: dict) -> None:
     """One Tune trial = one run, in this process, or as a TorchTrainer with N DDP workers."""
     from ray import tune
 
     from bilateral.train import run
 
+    config = {**settings["common"], "spec": settings["specs"][trial["run_id"]]}
     spec = RunSpec.from_dict(config["spec"])
     store = SweepStore(config["root"])
     if config["workers"] == 1:
@@ -106,6 +107,10 @@ def _progress(row: dict) -> dict:
     return {k: row[k] for k in keep if k in row}
 
 
+def _trial_name(trial) -> str:
+    return trial.config["run_id"]
+
+
 class TuneExecutor:
     """Runs one stage's specs as a grid of Tune trials and reports which failed."""
 
@@ -129,6 +134,7 @@ class TuneExecutor:
             "gpus": args.gpus_per_run,
             "max_failures": args.max_failures,
         }
+        settings = {"common": common, "specs": {s.run_id: s.to_dict() for s in specs}}
         if workers == 1:
             resources = {"CPU": args.cpus_per_run, "GPU": args.gpus_per_run}
             concurrent = None
@@ -136,9 +142,13 @@ class TuneExecutor:
             resources = {"CPU": DRIVER_CPU}
             concurrent = max(1, math.floor(self.cluster_cpus / (workers * args.cpus_per_run + DRIVER_CPU)))
         tuner = tune.Tuner(
-            tune.with_resources(_run_trial, resources),
-            param_space={**common, "spec": tune.grid_search([s.to_dict() for s in specs])},
-            tune_config=tune.TuneConfig(max_concurrent_trials=concurrent),
+            tune.with_resources(tune.with_parameters(_run_trial, settings=settings), resources),
+            param_space={"run_id": tune.grid_search([s.run_id for s in specs])},
+            tune_config=tune.TuneConfig(
+                max_concurrent_trials=concurrent,
+                trial_name_creator=_trial_name,
+                trial_dirname_creator=_trial_name,
+            ),
             run_config=tune.RunConfig(
                 name=f"stage{self.stage}-{os.getpid()}",
                 storage_path=str(self.store.root.resolve() / "ray"),
@@ -149,7 +159,7 @@ class TuneExecutor:
         results = tuner.fit()
         failed = {}
         for result in results:
-            run_id = RunSpec.from_dict(result.config["spec"]).run_id
+            run_id = result.config["run_id"]
             if result.error is not None or not self.store.run(run_id).is_finished():
                 failed[run_id] = f"{type(result.error).__name__}: {result.error}"
                 self.store.run(run_id).write_error(failed[run_id])
