@@ -38,7 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _torch_threads(cpus: float) -> None:
     import torch
 
-    torch.set_num_threads(max(1, int(cpus)))
+    torch.set_num_threads(max(1, min(int(cpus), os.cpu_count() or 1)))
 
 
 def _run_trial(trial: dict, settings: dict) -> None:

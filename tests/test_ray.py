@@ -180,3 +180,41 @@ def test_killed_train_worker_resumes_from_checkpoint(tmp_path, ray_cluster):
     mtime = (run_dir / "record.json").stat().st_mtime_ns  # rerun: nothing is retrained
     subprocess.run(cmd, cwd=REPO, env=ENV, check=True, capture_output=True)
     assert (run_dir / "record.json").stat().st_mtime_ns == mtime
+
+
+def test_killed_driver_then_rerun_skips_finished_runs(tmp_path, ray_cluster):
+    out = tmp_path / "drv"
+    cmd = [
+        sys.executable,
+        str(REPO / "launch" / "sweep.py"),
+        "--out",
+        str(out),
+        "--name",
+        "t",
+        *TINY,
+        DATA_DIR,
+        "--seeds",
+        "0,1",
+        "--models",
+        "unilateral",
+        "train.epochs=3",
+        "--cluster",
+        "ray",
+        "--address",
+        ray_cluster["address"],
+        "--cpus-per-run",
+        "3",  # one trial at a time on the 4 logical CPUs
+    ]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    runs = out / "t" / "runs"
+    deadline = time.time() + 300
+    while time.time() < deadline and not list(runs.glob("*/record.json")):
+        time.sleep(0.1)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    finished = {p: p.stat().st_mtime_ns for p in runs.glob("*/record.json")}
+    assert 1 <= len(finished) < 2
+    rerun = subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert all(p.stat().st_mtime_ns == t for p, t in finished.items())
+    assert len(list(runs.glob("*/record.json"))) == 2
