@@ -52,6 +52,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--name", help="sweep name: results/<name>/ (default <preset>-<data>-<backbone>)")
     p.add_argument("--dry-run", action="store_true", help="print the plan and exit")
     p.add_argument("--analyze", action="store_true", help="after the sweep, run launch/analyze.py on it")
+    p.add_argument("--status", metavar="SWEEP_DIR", help="print where a sweep stands (runs, jobs) and exit")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="any config key, e.g. train.epochs=2")
     for name, backend in BACKENDS.items():
         backend().add_arguments(p.add_argument_group(f"--cluster {name}"))
@@ -118,6 +119,11 @@ BACKENDS = {"local": lambda: LocalBackend, "ray": _ray_backend, "slurm": _slurm_
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
+    if args.status:
+        from slurm.status import status
+
+        print(status(args.status))
+        return 0
     cfg = resolve_config(args)
     plan = build_plan(cfg)
     if args.dry_run:

@@ -1,0 +1,178 @@
+"""--cluster slurm --engine ray: one Slurm allocation of --nodes nodes; a Ray head on the first,
+a Ray worker on every other, and the Ray backend (ray_jobs/backend.py) runs the sweep there.
+
+One Slurm task per node runs `RayAllocation`: task 0 starts `ray start --head --block` on free
+ports with a private --temp-dir, writes its address to <sweep>/slurm/<job>/ray-head.json, runs
+ray_jobs.backend.run(...) against it and returns its {run_id: error}; every other task starts
+`ray start --address <head> --block` and waits until task 0 writes ray-done. Each `ray start
+--block` is stopped with SIGTERM, which stops exactly the Ray processes it started.
+
+The job is Checkpointable like the job arrays: on USR2 (time limit or preemption) the whole
+allocation is requeued, Ray starts again, and unfinished runs resume from their last checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import submitit
+
+from bilateral.config import SweepConfig
+from bilateral.experiment import Plan
+from bilateral.store import SweepStore, write_json
+
+log = logging.getLogger(__name__)
+RAY_ENV = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("", 0))
+        return s.getsockname()[1]
+
+
+def node_ip(hostname: str) -> str:
+    try:
+        return socket.gethostbyname(hostname)
+    except OSError:
+        return hostname
+
+
+class RayAllocation(submitit.helpers.Checkpointable):
+    """What each Slurm task (one per node) of the Ray allocation runs."""
+
+    def __init__(self, cpus_per_node: int, gpus_per_node: int, timeout_s: float = 300.0):
+        self.cpus_per_node, self.gpus_per_node, self.timeout_s = cpus_per_node, gpus_per_node, timeout_s
+
+    def __call__(
+        self, args: argparse.Namespace, cfg: SweepConfig, plan: Plan, root: str
+    ) -> dict[str, str] | None:
+        logging.basicConfig(
+            level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S", force=True
+        )
+        env = submitit.JobEnvironment()
+        folder = Path(root) / "slurm" / env.job_id
+        head_file, done_file = folder / "ray-head.json", folder / "ray-done"
+        if env.global_rank == 0:
+            head_file.unlink(missing_ok=True)  # from an earlier attempt of a requeued job
+            done_file.unlink(missing_ok=True)
+        ip = node_ip(env.hostname)
+        temp_dir = f"/tmp/bilateral-ray-{env.job_id}-{env.global_rank}"  # short: Ray's socket paths
+        ports = {
+            "--node-manager-port": free_port(),
+            "--object-manager-port": free_port(),
+            "--dashboard-agent-listen-port": free_port(),
+            "--dashboard-agent-grpc-port": free_port(),
+            "--metrics-export-port": free_port(),
+            "--runtime-env-agent-port": free_port(),
+        }
+        cmd = [
+            str(Path(sys.executable).with_name("ray")),
+            "start",
+            "--block",
+            f"--node-ip-address={ip}",
+            f"--num-cpus={self.cpus_per_node}",
+            f"--num-gpus={self.gpus_per_node}",
+            f"--temp-dir={temp_dir}",
+            "--disable-usage-stats",
+            *(f"{k}={v}" for k, v in ports.items()),
+        ]
+        if env.global_rank == 0:
+            address = f"{ip}:{free_port()}"
+            cmd += [
+                "--head",
+                f"--port={address.split(':')[1]}",
+                f"--ray-client-server-port={free_port()}",
+                "--dashboard-host=127.0.0.1",
+                f"--dashboard-port={free_port()}",
+            ]
+        else:
+            address = self._wait_for(head_file)["address"]
+            cmd += [f"--address={address}"]
+        ray_env = {**os.environ, **RAY_ENV, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+        log.info("task %d on %s: %s", env.global_rank, env.hostname, " ".join(cmd))
+        ray = subprocess.Popen(cmd, env=ray_env, stdout=sys.stdout, stderr=sys.stderr)
+        try:
+            if env.global_rank == 0:
+                return self._drive(args, cfg, plan, root, address, head_file, done_file, ray, env.num_tasks)
+            while not done_file.exists():  # a worker node serves until the sweep is over
+                if ray.poll() is not None:
+                    raise RuntimeError(f"ray start (worker) exited with {ray.returncode}")
+                time.sleep(1)
+            return None
+        finally:
+            _stop(ray)
+
+    def _drive(self, args, cfg, plan, root, address, head_file, done_file, ray, nodes: int) -> dict[str, str]:
+        import ray as ray_lib
+
+        os.environ.update(RAY_ENV)
+        deadline = time.time() + self.timeout_s
+        while True:  # the head answers once GCS is up
+            if ray.poll() is not None:
+                raise RuntimeError(f"ray start --head exited with {ray.returncode}")
+            probe = subprocess.run(
+                [str(Path(sys.executable).with_name("ray")), "status", f"--address={address}"],
+                capture_output=True,
+                text=True,
+                env={**os.environ, **RAY_ENV},
+            )
+            if probe.returncode == 0:
+                break
+            if time.time() > deadline:
+                raise RuntimeError(f"Ray head at {address} did not come up: {probe.stderr[-2000:]}")
+            time.sleep(1)
+        write_json(head_file, {"address": address})
+        self._wait_for_nodes(address, nodes, deadline)
+        from ray_jobs import backend
+
+        args = copy.copy(args)
+        args.address = address
+        try:
+            return backend.run(args, cfg, plan, SweepStore(root))
+        finally:
+            done_file.touch()
+            if ray_lib.is_initialized():
+                ray_lib.shutdown()
+
+    def _wait_for(self, path: Path) -> dict:
+        deadline = time.time() + self.timeout_s
+        while not path.is_file():
+            if time.time() > deadline:
+                raise RuntimeError(f"no Ray head after {self.timeout_s:.0f}s ({path} missing)")
+            time.sleep(0.5)
+        return json.loads(path.read_text())
+
+    def _wait_for_nodes(self, address: str, nodes: int, deadline: float) -> None:
+        import ray as ray_lib
+
+        ray_lib.init(address=address, logging_level=logging.WARNING)
+        try:
+            while len([n for n in ray_lib.nodes() if n["Alive"]]) < nodes:
+                if time.time() > deadline:
+                    raise RuntimeError(f"only {len(ray_lib.nodes())} of {nodes} Ray nodes joined")
+                time.sleep(1)
+            log.info("Ray cluster up: %d node(s), %s", nodes, ray_lib.cluster_resources())
+        finally:
+            ray_lib.shutdown()
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """SIGTERM to `ray start --block`: it stops the Ray processes it started, and only those."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

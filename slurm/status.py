@@ -1,0 +1,91 @@
+"""`python launch/sweep.py --status results/<sweep>`: where a sweep stands, from its run directories and,
+for a sweep run on Slurm, from the jobs recorded in <sweep>/slurm/jobs.json (squeue, then sacct)."""
+
+from __future__ import annotations
+
+import collections
+import json
+import shutil
+from pathlib import Path
+
+from bilateral.errors import BilateralError
+from bilateral.store import SweepStore
+
+ORDER = ("finished", "running", "queued", "failed", "interrupted", "cancelled", "not started")
+
+
+def slurm_states(job_ids: list[str]) -> dict[str, str]:
+    """Live state of each job: squeue for queued/running ones, sacct (accounting) for ended ones."""
+    if not job_ids or shutil.which("squeue") is None:
+        return {}
+    from slurm.backend import accounting_states, queue_states
+
+    states = {}
+    try:
+        states.update(accounting_states(job_ids))
+        states.update(queue_states())  # fresher than sacct for jobs still in the queue
+    except BilateralError:
+        pass
+    return {j: states[j] for j in job_ids if j in states}
+
+
+def run_state(run, slurm_state: str | None) -> str:
+    from slurm.backend import ACTIVE, QUEUED
+
+    if run.is_finished():
+        return "finished"
+    if slurm_state:
+        word = slurm_state.split()[0]
+        if word in ACTIVE:
+            return "queued" if word in QUEUED else "running"
+    if run.path("error.txt").is_file():
+        return "failed"
+    if slurm_state and slurm_state.split()[0] not in ("COMPLETED", "UNKNOWN"):
+        return slurm_state.split()[0].lower()  # cancelled, timeout, node_fail, out_of_memory, ...
+    if run.has_checkpoint("last"):
+        return "interrupted"
+    return "not started"
+
+
+def status(sweep_dir: str | Path) -> str:
+    root = Path(sweep_dir)
+    plan_file = root / "sweep.json"
+    if not plan_file.is_file():
+        raise BilateralError(f"{root} is not a sweep directory (no sweep.json): give results/<sweep>")
+    store = SweepStore(root)
+    run_ids = json.loads(plan_file.read_text())["runs"]
+    ledger_file = root / "slurm" / "jobs.json"
+    ledger = json.loads(ledger_file.read_text())["runs"] if ledger_file.is_file() else {}
+    jobs = {r: ledger[r]["job"] for r in run_ids if r in ledger}
+    live = slurm_states(sorted(set(jobs.values())))
+
+    rows, counts, failures = [], collections.Counter(), []
+    for run_id in run_ids:
+        run = store.run(run_id)
+        job = jobs.get(run_id)
+        state = run_state(run, live.get(job))
+        counts[state] += 1
+        spec = json.loads(run.path("spec.json").read_text()) if run.path("spec.json").is_file() else {}
+        total = spec.get("train", {}).get("epochs") if spec.get("kind") != "ensemble" else None
+        epochs = f"{len(run.read_metrics())}/{total}" if total else "-"
+        slurm = f"{job} {live.get(job, '?')}" if job else ""
+        rows.append((run_id, state, epochs, slurm))
+        if state == "failed":
+            lines = run.path("error.txt").read_text().strip().splitlines() or ["(empty error.txt)"]
+            failures.append(f"  {run_id}: {next(x for x in reversed(lines) if not x.startswith('('))}")
+
+    width = max(len(r[0]) for r in rows) if rows else 10
+    out = [
+        f"sweep {root.name} ({root.resolve()}): {len(run_ids)} runs",
+        "  " + ", ".join(f"{counts[s]} {s}" for s in ORDER if counts[s]),
+        "",
+        f"{'run':<{width}}  {'state':<12} {'epochs':<7} slurm job",
+    ]
+    out += [f"{r:<{width}}  {s:<12} {e:<7} {j}".rstrip() for r, s, e, j in rows]
+    if failures:
+        out += ["", "failed (full traceback in runs/<run>/error.txt):", *failures]
+    if counts["finished"] == len(run_ids):
+        out += ["", f"all runs finished: python launch/aggregate.py {root}"]
+    elif not (counts["running"] or counts["queued"]):
+        out += ["", "nothing is queued or running: rerun the sweep command to run what is unfinished"]
+    return "\n".join(out)

@@ -1,0 +1,148 @@
+"""What one Slurm task runs: its share of a list of RunSpecs, through bilateral.train.run.
+
+submitit pickles a `RunTask` and the list of specs of one array element; every Slurm task of that
+element (srun starts `ntasks` copies) unpickles them and calls `RunTask(specs)`:
+
+- plain (`distributed=False`): task i of n runs specs[i::n], one after another. With
+  `--runs-per-task K` the job has K tasks sharing the job's GPU(s), so K small runs train at once.
+- distributed (`distributed=True`, `--gpus-per-run N > 1`): the N tasks form one torch.distributed
+  process group (from submitit's TorchDistributedEnvironment) and run the specs together.
+
+A run is idempotent (finished runs are skipped, unfinished ones resume from checkpoints/last.pt,
+written every epoch), so requeueing the same callable with the same specs is the whole checkpoint
+story: `RunTask` is `Checkpointable`, and on Slurm's USR2 (time limit near, or preemption) submitit
+calls `checkpoint()`, which resubmits it unchanged, and requeues the job.
+
+A run that raises gets its traceback in its error.txt; the task still runs its other specs, then
+raises `RunsFailed` so that Slurm marks the job FAILED (and `afterok` dependents do not start).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import submitit
+
+from bilateral.experiment import RunSpec
+from bilateral.store import SweepStore
+
+log = logging.getLogger(__name__)
+
+
+class RunsFailed(RuntimeError):
+    """Raised at the end of a task in which at least one run failed; the message holds every traceback."""
+
+    def __init__(self, errors: dict[str, str]):
+        self.errors = errors
+        parts = [f"{len(errors)} run(s) failed: {', '.join(errors)}"]
+        parts += [f"\n=== {run_id} ===\n{text.rstrip()}" for run_id, text in errors.items()]
+        super().__init__("\n".join(parts))
+
+
+class RunTask(submitit.helpers.Checkpointable):
+    """The callable every Slurm task executes; picklable, and resubmitted unchanged on requeue."""
+
+    def __init__(
+        self, store_root: str, device: str, data_dir: str, threads: int = 1, distributed: bool = False
+    ):
+        self.store_root = str(store_root)
+        self.device = device
+        self.data_dir = str(data_dir)
+        self.threads = max(1, int(threads))
+        self.distributed = distributed
+
+    def __call__(self, specs: list[RunSpec], run_ids: list[str] | None = None) -> dict[str, str | None]:
+        """Run this task's share of specs; run_ids are the ids the driver gave them (checked here)."""
+        import torch
+
+        torch.set_num_threads(self.threads)  # OpenMP thrashes when it assumes every core of the node
+        logging.basicConfig(
+            level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S", force=True
+        )
+        env = submitit.JobEnvironment()
+        log.info(
+            "job %s task %d/%d (restart %s) on %s: %s",
+            env.job_id,
+            env.global_rank,
+            env.num_tasks,
+            os.environ.get("SLURM_RESTART_COUNT", "0"),
+            env.hostname,
+            ", ".join(s.run_id for s in specs),
+        )
+        pairs = list(zip(specs, run_ids or [s.run_id for s in specs], strict=True))
+        if self.distributed:
+            return self._run_distributed(pairs)
+        return self._run_all(pairs[env.global_rank :: env.num_tasks], self.device, writer=True)
+
+    def _run_all(self, pairs: list[tuple[RunSpec, str]], device: str, writer: bool) -> dict[str, str | None]:
+        from bilateral.sweep import describe_failure
+        from bilateral.train import run
+
+        store = SweepStore(self.store_root)
+        outcome: dict[str, str | None] = {}
+        for spec, run_id in pairs:
+            if spec.run_id != run_id:  # it would train into another directory than the driver expects
+                outcome[run_id] = (
+                    f"CodeChanged: this run's id is {spec.run_id} in the job but was {run_id} when it was "
+                    f"submitted: the code under {repo_root()} changed what a RunSpec holds in between. "
+                    "Rerun the sweep command so that the plan is rebuilt with the current code."
+                )
+                if writer:
+                    store.run(run_id).write_error(outcome[run_id])
+                log.error("%s", outcome[run_id])
+                continue
+            try:
+                record = run(spec, store, device=device, data_dir=self.data_dir)
+                outcome[spec.run_id] = None
+                log.info(
+                    "finished %s: test fine %.4f coarse %.4f",
+                    spec.run_id,
+                    record.get("test_acc_fine", float("nan")),
+                    record.get("test_acc_coarse", float("nan")),
+                )
+            except Exception as exc:  # one broken run must not lose the others of this task
+                outcome[spec.run_id] = describe_failure(exc)
+                if writer:
+                    store.run(spec.run_id).write_error(outcome[spec.run_id])
+                log.error("run %s failed:\n%s", spec.run_id, outcome[spec.run_id])
+        errors = {k: v for k, v in outcome.items() if v is not None}
+        if errors:
+            raise RunsFailed(errors)
+        return outcome
+
+    def _run_distributed(self, pairs: list[tuple[RunSpec, str]]) -> dict[str, str | None]:
+        """One process group over this job's tasks; bilateral.train.run trains across it (rank 0 writes)."""
+        import torch
+        import torch.distributed as dist
+
+        env = submitit.helpers.TorchDistributedEnvironment().export(
+            set_cuda_visible_devices=False, overwrite=True
+        )
+        device = self.device
+        on_gpu = device != "cpu" and torch.cuda.is_available()
+        if on_gpu:
+            # Slurm may expose the job's GPUs under any ids: pick by position among the visible ones
+            index = env.local_rank % torch.cuda.device_count()
+            torch.cuda.set_device(index)
+            device = f"cuda:{index}"
+        dist.init_process_group(backend="nccl" if on_gpu else "gloo", init_method="env://")
+        log.info(
+            "process group: rank %d/%d via %s:%s, backend %s, device %s",
+            env.rank,
+            env.world_size,
+            env.master_addr,
+            env.master_port,
+            dist.get_backend(),
+            device,
+        )
+        try:
+            return self._run_all(pairs, device, writer=env.rank == 0)
+        finally:
+            dist.destroy_process_group()
+
+
+def repo_root() -> Path:
+    """The checkout: put on the job's PYTHONPATH so that `slurm.task` and `bilateral` import there."""
+    return Path(__file__).resolve().parents[1]
