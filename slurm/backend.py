@@ -194,7 +194,7 @@ def parse_sbatch(items: list[str]) -> dict[str, str | bool]:
         key, sep, value = item.lstrip("-").partition("=")
         if not key:
             raise ConfigError(f"--sbatch {item!r}: give KEY or KEY=VALUE, e.g. constraint=a100")
-        extra[key.replace("_", "-")] = value if sep else True
+        extra[key.replace("-", "_")] = value if sep else True  # submitit's spelling: overrides its own
     return extra
 
 
@@ -426,6 +426,7 @@ class SlurmStages:
         )
         params = self.opts.parameters()
         if extra:
+            extra = {k.replace("-", "_"): v for k, v in extra.items()}
             params["slurm_additional_parameters"] = {**params.get("slurm_additional_parameters", {}), **extra}
         ex.update_parameters(**params)
         return ex

@@ -104,7 +104,7 @@ def test_time_and_sbatch_parsing():
     assert parse_sbatch(["constraint=a100", "--exclusive", "mail_type=END"]) == {
         "constraint": "a100",
         "exclusive": True,
-        "mail-type": "END",
+        "mail_type": "END",
     }
 
 
@@ -317,19 +317,22 @@ def test_task_refuses_a_spec_whose_id_changed_since_submission(tmp_path, tiny_pl
 
 
 def test_ray_engine_inside_a_slurm_allocation(slurm_cluster, tmp_path):
-    """--engine ray: one Slurm job starts a Ray head in its allocation and runs the Ray backend there;
-    its Ray processes are gone afterwards."""
-    args = ["--cluster", "slurm", "--engine", "ray", "--device", "cpu", "--time", "15"]
-    args += [
-        "--nodes",
-        "1",
+    """--engine ray: one Slurm job starts a Ray head and a Ray worker in its allocation, runs the Ray
+    backend there, and leaves no Ray process behind. This machine is one Slurm node, so two tasks on it
+    stand in for two nodes (`--sbatch ntasks-per-node=2`; on a real cluster: --nodes 2)."""
+    args = [
+        "--cluster",
+        "slurm",
+        "--engine",
+        "ray",
+        "--device",
+        "cpu",
+        "--time",
+        "15",
         "--cpus-per-node",
-        "2",
-        "--cpus-per-run",
         "1",
-        "--models",
-        "bilateral-specialised",
     ]
+    args += ["--sbatch", "ntasks-per-node=2", "--cpus-per-run", "1", "--models", "bilateral-specialised"]
     proc = sweep(tmp_path, *args)
     assert proc.returncode == 0, proc.stderr
     root = tmp_path / "t"
@@ -339,7 +342,7 @@ def test_ray_engine_inside_a_slurm_allocation(slurm_cluster, tmp_path):
     assert len(list((root / "runs").glob("*/record.json"))) == 3
     assert "Ray on Slurm (1 job(s)): 0 queued, 0 running, 1 done, 0 failed; runs finished 3/3" in proc.stderr
     log = "".join(p.read_text() for p in (root / "slurm" / job).glob("*_log.*"))
-    assert "--head" in log and "Ray cluster up: 1 node(s)" in log
+    assert "--head" in log and "--address=" in log and "Ray cluster up: 2 node(s)" in log
     leftovers = [
         p.name
         for p in Path("/proc").iterdir()
