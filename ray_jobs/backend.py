@@ -27,8 +27,16 @@ DRIVER_CPU = 0.01  # a Tune trial that only drives a TorchTrainer (Tune refuses 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--address", help="Ray cluster to join (auto, or HOST:PORT); default: start one here")
     parser.add_argument("--num-cpus", type=int, help="logical CPUs of the Ray instance started here")
-    parser.add_argument("--gpus-per-run", type=float, default=0.0, help="e.g. 0.25 packs 4 runs per GPU")
-    parser.add_argument("--cpus-per-run", type=float, default=1.0, help="CPUs per run (per worker with DDP)")
+    # Shared with --cluster slurm (same parser): default None, each backend resolves its own default.
+    parser.add_argument(
+        "--gpus-per-run",
+        type=float,
+        help="Ray: GPU share per run, 0.25 packs 4 runs per GPU "
+        "(default 0). Slurm: GPUs per run, N > 1 = DDP (default 1; 0 with --device cpu)",
+    )
+    parser.add_argument(
+        "--cpus-per-run", type=float, help="CPUs per run (Ray: per DDP worker, default 1; Slurm: default 2)"
+    )
     parser.add_argument("--workers-per-run", type=int, default=1, help="N > 1: DDP over N Ray Train workers")
     parser.add_argument(
         "--max-failures", type=int, default=2, help="restarts of a failed run or worker group"
@@ -125,22 +133,24 @@ class TuneExecutor:
         args = self.args
         self.stage += 1
         workers = args.workers_per_run
+        gpus = args.gpus_per_run or 0.0
+        cpus = args.cpus_per_run or 1.0
         common = {
             "root": str(self.store.root.resolve()),
             "device": self.cfg.device,
             "data_dir": str(Path(self.cfg.data_dir).resolve()),
             "workers": workers,
-            "cpus": args.cpus_per_run,
-            "gpus": args.gpus_per_run,
+            "cpus": cpus,
+            "gpus": gpus,
             "max_failures": args.max_failures,
         }
         settings = {"common": common, "specs": {s.run_id: s.to_dict() for s in specs}}
         if workers == 1:
-            resources = {"CPU": args.cpus_per_run, "GPU": args.gpus_per_run}
+            resources = {"CPU": cpus, "GPU": gpus}
             concurrent = None
         else:  # the trial only drives its TorchTrainer; the workers hold the resources
             resources = {"CPU": DRIVER_CPU}
-            concurrent = max(1, math.floor(self.cluster_cpus / (workers * args.cpus_per_run + DRIVER_CPU)))
+            concurrent = max(1, math.floor(self.cluster_cpus / (workers * cpus + DRIVER_CPU)))
         tuner = tune.Tuner(
             tune.with_resources(tune.with_parameters(_run_trial, settings=settings), resources),
             param_space={"run_id": tune.grid_search([s.run_id for s in specs])},

@@ -231,9 +231,7 @@ class SlurmOptions:
         gpus = _given(args, "gpus_per_run")
         gpus = (0 if cfg.device == "cpu" else 1) if gpus is None else _whole(gpus, "--gpus-per-run")
         cpus = _given(args, "cpus_per_run")
-        cpus = _whole(
-            cpus if cpus is not None else _FOREIGN_DEFAULTS.get("cpus_per_run", 2), "--cpus-per-run"
-        )
+        cpus = _whole(cpus if cpus is not None else 2, "--cpus-per-run")
         opts = cls(
             device=cfg.device,
             data_dir=str(Path(cfg.data_dir).resolve()),
