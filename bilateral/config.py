@@ -28,6 +28,7 @@ class DataConfig:
     split_seed: int = 0  # the same validation split for every run of a sweep
     train_subset: int | None = None  # stratified subset of the remaining train images (CPU-sized runs)
     test_subset: int | None = None  # stratified subset of the test set (CPU-sized runs)
+    loader: str = "memory"  # memory (on-device tensors) | ffcv (.beton files) | torch (DataLoader)
 
 
 @dataclass
@@ -164,7 +165,11 @@ def load_config(
 
 def validate(cfg: SweepConfig) -> None:
     """Value checks OmegaConf's types cannot express."""
-    choices = {"optim.name": ("adam", "sgd"), "optim.schedule": ("constant", "onecycle")}
+    choices = {
+        "optim.name": ("adam", "sgd"),
+        "optim.schedule": ("constant", "onecycle"),
+        "data.loader": ("memory", "ffcv", "torch"),
+    }
     for key, allowed in choices.items():
         section, name = key.split(".")
         value = getattr(getattr(cfg, section), name)

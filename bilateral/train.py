@@ -37,6 +37,8 @@ from bilateral.data import (
     stratified_subset,
     validation_split,
 )
+from bilateral.data.beton import prepare_betons, split_parts
+from bilateral.data.loaders import make_loader
 from bilateral.errors import CheckpointError, ConfigError
 from bilateral.experiment import RunSpec
 from bilateral.models import Ensemble, count_parameters, load_state_strict
@@ -126,9 +128,12 @@ def run(
     data = load_data(spec.data.source, data_dir, spec.data.verify_md5)
     splits = make_splits(data, spec)
     mean, std = data.mean_std()
+    # ffcv: the split's .beton files, written by the first run that needs them
+    betons = prepare_betons(data, split_parts(splits), data_dir) if spec.data.loader == "ffcv" else {}
 
-    def loader(split, indices, train: bool, batch_size: int) -> DeviceLoader:
-        return DeviceLoader(
+    def loader(part: str, split, indices, train: bool, batch_size: int) -> DeviceLoader:
+        return make_loader(
+            spec.data.loader,
             split,
             indices,
             batch_size,
@@ -138,12 +143,15 @@ def run(
             train=train,
             seed=spec.init_seed,
             channels_last=spec.train.channels_last,
+            beton=betons.get(part),
+            rank=rank,
+            world=world if train else 1,  # every rank evaluates the whole val and test splits
         )
 
-    val = loader(data.train, splits.val, False, spec.train.eval_batch_size)
-    test = loader(data.test, splits.test, False, spec.train.eval_batch_size)
+    val = loader("val", data.train, splits.val, False, spec.train.eval_batch_size)
+    test = loader("test", data.test, splits.test, False, spec.train.eval_batch_size)
     if spec.trains:
-        train = loader(data.train, splits.train, True, spec.train.batch_size)
+        train = loader("train", data.train, splits.train, True, spec.train.batch_size)
         model, stats = _train(spec, store, run_store, data, train, val, dev, on_epoch)
     else:
         model, stats = _assemble_ensemble(spec, store, data, dev)
@@ -294,7 +302,7 @@ def _train(spec, store, run_store: RunStore, data, train: DeviceLoader, val: Dev
         tic = time.perf_counter()
         total_loss = torch.zeros((), device=dev)
         for i, (x, fine, coarse) in enumerate(train):
-            if world > 1:  # this rank's contiguous share of the global batch
+            if world > 1 and not getattr(train, "per_rank", False):  # global batch: this rank's share
                 share = slice(rank * len(x) // world, (rank + 1) * len(x) // world)
                 x, fine, coarse = x[share], fine[share], coarse[share]
             for group in optimizer.param_groups:

@@ -45,6 +45,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "cifar100[:PATH] | folder:ROOT:COARSE_MAP.json",
     )
     p.add_argument("--backbone", help="hemisphere backbone: resnet9 | vgg11 | resnet18 | resnet34")
+    p.add_argument(
+        "--loader",
+        choices=["memory", "ffcv", "torch"],
+        help="data.loader: memory (default; on-device tensors) | ffcv (.beton files, prepared when "
+        "missing) | torch (DataLoader baseline)",
+    )
     p.add_argument("--seeds", help="e.g. 0,1,2 or 0-4")
     p.add_argument("--models", help="comma-separated subset of the plan (see --dry-run), default all")
     p.add_argument("--device", help="auto (cuda if available) | cpu | cuda | cuda:N")
@@ -62,6 +68,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def resolve_config(args: argparse.Namespace) -> SweepConfig:
     flags = {
         "data.source": args.data,
+        "data.loader": args.loader,
         "plan.backbone": args.backbone,
         "device": args.device,
         "out": args.out,

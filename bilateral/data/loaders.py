@@ -1,0 +1,70 @@
+"""make_loader: one constructor for the three loaders (data.loader = memory | ffcv | torch).
+
+Every loader has DeviceLoader's interface: set_epoch(e), len() (batches per epoch on this rank),
+iteration yielding (x float32 NCHW normalised, fine int64, coarse int64) on the device,
+batch_size (the global batch) and num_samples. `per_rank` says whether a training loader already
+yields only this DDP rank's share of each global batch (ffcv and torch under DDP) or the whole
+global batch (memory; missing attribute = False), which the training loop then slices.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bilateral.data.hierarchy import HierarchicalSplit
+from bilateral.data.loader import DeviceLoader
+from bilateral.errors import ConfigError
+
+LOADERS = ("memory", "ffcv", "torch")
+
+
+def make_loader(
+    kind: str,
+    split: HierarchicalSplit,
+    indices: np.ndarray | None,
+    batch_size: int,
+    device: torch.device | str,
+    mean: Sequence[float],
+    std: Sequence[float],
+    train: bool,
+    seed: int = 0,
+    channels_last: bool = False,
+    *,
+    beton: str | Path | None = None,
+    workers: int | None = None,
+    rank: int = 0,
+    world: int = 1,
+):
+    """A loader of split[indices]; ffcv reads the same samples from `beton` (bilateral.data.beton).
+
+    rank and world > 1 (training loaders inside torch.distributed) make ffcv and torch load only
+    this rank's samples. workers: FFCV threads or DataLoader processes (default: torch's threads).
+    """
+    if kind == "memory":
+        return DeviceLoader(split, indices, batch_size, device, mean, std, train, seed, channels_last)
+    if kind == "torch":
+        from bilateral.data.torch_loader import TorchLoader
+
+        return TorchLoader(
+            split, indices, batch_size, device, mean, std, train, seed, channels_last, workers, rank, world
+        )
+    if kind == "ffcv":
+        if beton is None:
+            raise ConfigError("the ffcv loader needs the .beton file of the split (bilateral.data.beton)")
+        from bilateral.data.ffcv_loader import FfcvLoader
+
+        loader = FfcvLoader(
+            beton, batch_size, device, mean, std, train, seed, channels_last, workers, distributed=world > 1
+        )
+        expected = len(split) if indices is None else len(indices)
+        if loader.num_samples != expected:
+            raise ConfigError(
+                f"{beton} holds {loader.num_samples} samples, the split {expected}. Fix: delete the "
+                "file's directory and rerun, so that it is prepared again."
+            )
+        return loader
+    raise ConfigError(f"data.loader={kind!r} is not supported: choose one of {', '.join(LOADERS)}")
