@@ -3,16 +3,27 @@
     python launch/bench.py loaders                                            # synthetic data
     python launch/bench.py loaders --data cifar10-hier:../shared/data/cifar10-jpg
     python launch/bench.py loaders --data cifar100 --device cuda --batch-size 512 --workers 8
+    python launch/bench.py train                                              # CPU: width 1/4
+    python launch/bench.py train --device cuda --compile --data cifar100      # GPU: paper width
 
 loaders: images/s of each data loader (data.loader = torch | memory | ffcv) over the same training
 images with the same augmentation (reflect-pad-4 random crop, horizontal flip, normalisation),
 batches delivered on --device: one warm-up epoch (FFCV JIT-compiles its pipeline, DataLoader
 starts its workers), then --epochs timed epochs. The ratio column is against the torch DataLoader.
+
+train: training images/s and step time of one ResNet-9 (both heads, Adam, batch 256) for: the
+plain baseline (torch DataLoader over PIL images with per-image transforms, fp32), the
+device-resident memory path, FFCV, each with channels_last / bf16 / torch.compile where asked,
+and fused training of K = 1, 4, 10 models as one network; ratios to the baseline; and the wall
+time the `fast` and `paper` presets would take on this device at this width (a projection from
+the best single-model rate, scaled by each run's forward cost). On a CPU the default width is 1/4
+so the benchmark finishes in a few minutes; on a GPU it is the paper's width 1.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import platform
 import sys
@@ -22,10 +33,15 @@ import numpy as np
 import torch
 from tabulate import tabulate
 
+from bilateral.assemble import build_model
+from bilateral.config import load_config
 from bilateral.data.beton import prepare_betons
 from bilateral.data.loaders import LOADERS, make_loader
 from bilateral.data.split import stratified_subset
-from bilateral.train import load_data, resolve_device
+from bilateral.experiment import build_plan
+from bilateral.models import UnilateralNet, build_backbone, count_parameters
+from bilateral.models.fused import fuse, split_outputs, stack_inputs
+from bilateral.train import load_data, loss_fn, resolve_device
 
 
 def epoch_seconds(loader, epoch: int, device: torch.device) -> tuple[float, int]:
@@ -86,6 +102,154 @@ def bench_loaders(args: argparse.Namespace) -> int:
     return 0
 
 
+def _macs(model: torch.nn.Module) -> int:
+    """Multiply-accumulates of one forward pass on one 32x32 image (convolutions and linears)."""
+    total = 0
+
+    def hook(module, inputs, output):
+        nonlocal total
+        if isinstance(module, torch.nn.Conv2d):
+            total += output.numel() * module.in_channels // module.groups * module.kernel_size[0] ** 2
+        elif isinstance(module, torch.nn.Linear):
+            total += module.in_features * module.out_features
+
+    handles = [m.register_forward_hook(hook) for m in model.modules()]
+    with torch.no_grad():
+        model.eval()(torch.zeros(1, 3, 32, 32))
+    for h in handles:
+        h.remove()
+    return total
+
+
+def _train_rate(variant: dict, args, data, indices, device, width) -> tuple[float, float]:
+    """(images/s, ms/step) over args.steps timed steps after args.warmup steps."""
+    k = variant.get("fuse", 0)
+    mean, std = data.mean_std()
+    nets = []
+    for seed in range(max(k, 1)):
+        torch.manual_seed(seed)
+        nets.append(UnilateralNet(build_backbone("resnet9", width), data.num_fine, data.num_coarse))
+    model = (fuse(nets) if k else nets[0]).to(device)
+    channels_last = variant.get("channels_last", False)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    forward = torch.compile(model) if variant.get("compile") else model
+    fused_adam = device.type == "cuda"
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, weight_decay=1e-5, fused=fused_adam or None)
+    beton = None
+    if variant["loader"] == "ffcv":
+        beton = prepare_betons(data, {"train": ("train", indices)}, args.data_dir)["train"]
+    loaders = [
+        make_loader(variant["loader"], data.train, indices, args.batch_size, device, mean, std, train=True,
+                    seed=seed, channels_last=channels_last, beton=beton, workers=args.workers)
+        for seed in range(max(k, 1))
+    ]  # fmt: skip
+    autocast = (
+        torch.autocast(device.type, dtype=torch.bfloat16) if variant.get("bf16") else contextlib.nullcontext()
+    )
+
+    def batches():
+        epoch = 0
+        while True:
+            for loader in loaders:
+                loader.set_epoch(epoch)
+            yield from zip(*loaders, strict=True)  # same data, same length
+            epoch += 1
+
+    stream = batches()
+    model.train()
+
+    def step():
+        group = next(stream)
+        x = stack_inputs([b[0] for b in group]) if k else group[0][0]
+        with autocast:
+            outputs = forward(x)
+        if k:
+            outputs = split_outputs(outputs, k)
+            loss = sum(loss_fn({h: z[i] for h, z in outputs.items()}, *group[i][1:], 0.0) for i in range(k))
+        else:
+            loss = loss_fn(outputs, *group[0][1:], 0.0)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    for _ in range(args.warmup):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    tic = time.perf_counter()
+    for _ in range(args.steps):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    seconds = time.perf_counter() - tic
+    return args.steps * args.batch_size * max(k, 1) / seconds, 1000 * seconds / args.steps
+
+
+def _projected_hours(preset: str, images_per_s: float, width: float) -> float:
+    """Wall time of a preset's whole plan at images_per_s for a unilateral ResNet-9 of this width."""
+    cfg = load_config(preset)
+    cfg.model.width = width
+    base = _macs(UnilateralNet(build_backbone("resnet9", width), 100, 20))
+    train_images = 50_000 - cfg.data.val_size  # CIFAR-100
+    seconds = 0.0
+    for spec in build_plan(cfg).runs:
+        if not spec.trains:
+            continue
+        cost = _macs(build_model(spec, 100, 20)) / base
+        if spec.kind == "bilateral-specialised":
+            cost /= 3  # frozen hemispheres: forward only, no backward (about a third of a step)
+        seconds += spec.train.epochs * train_images * cost / images_per_s
+    return seconds / 3600
+
+
+def bench_train(args: argparse.Namespace) -> int:
+    device = resolve_device(args.device)
+    width = args.width or (1.0 if device.type == "cuda" else 0.25)
+    torch.set_num_threads(args.workers)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    data = load_data(args.data, args.data_dir, True)
+    indices = np.arange(len(data.train))
+    if args.subset:
+        indices = stratified_subset(data.train.fine, args.subset, seed=0)
+    variants = [
+        {"name": "baseline: torch DataLoader + PIL, fp32", "loader": "torch"},
+        {"name": "memory", "loader": "memory"},
+        {"name": "memory + channels_last", "loader": "memory", "channels_last": True},
+        {"name": "memory + bf16", "loader": "memory", "bf16": True},
+        {"name": "memory + channels_last + bf16", "loader": "memory", "channels_last": True, "bf16": True},
+    ]
+    if args.compile:
+        variants.append({"name": "memory + compile", "loader": "memory", "compile": True})
+    variants.append({"name": "ffcv", "loader": "ffcv"})
+    variants += [{"name": f"memory, fused K={k}", "loader": "memory", "fuse": k} for k in args.fuse]
+    print(f"{data.name}: ResNet-9 width {width} ({count_parameters(build_backbone('resnet9', width)):,} "
+          f"backbone parameters), batch {args.batch_size} per model, Adam, device {device}, "
+          f"{args.warmup} warm-up + {args.steps} timed steps")  # fmt: skip
+    rows = []
+    for variant in variants:
+        rate, ms = _train_rate(variant, args, data, indices, device, width)
+        rows.append({"variant": variant["name"], "images/s": rate, "ms/step": ms})
+        print(f"  {variant['name']}: {rate:,.0f} images/s, {ms:.1f} ms/step", flush=True)
+    base = rows[0]["images/s"]
+    best = max(r["images/s"] for r in rows if "fused" not in r["variant"])
+    for row in rows:
+        row["vs baseline"] = f"{row['images/s'] / base:.2f}x"
+        row["images/s"] = f"{row['images/s']:,.0f}"
+        row["ms/step"] = f"{row['ms/step']:.1f}"
+    print(tabulate(rows, headers="keys", tablefmt="github"))
+    print(
+        f"\nprojected wall time at the best single-model rate "
+        f"({best:,.0f} images/s, width {width}, {device}):"
+    )
+    for preset in ("fast", "paper"):
+        print(
+            f"  {preset}: {_projected_hours(preset, best, width):.1f} h for the whole plan, one run at a time"
+        )
+    return 0
+
+
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
@@ -99,6 +263,24 @@ def main(argv: list[str]) -> int:
     loaders.add_argument("--subset", type=int, help="stratified subset of the training images")
     loaders.add_argument("--epochs", type=int, default=1, help="timed epochs after the warm-up epoch")
     loaders.set_defaults(run=bench_loaders)
+    train = sub.add_parser("train", help="training images/s of each data path and fused K models, and ratios")
+    train.add_argument("--data", default="synthetic", help="dataset spec, as for launch/sweep.py")
+    train.add_argument("--data-dir", default="data", help="dataset and .beton caches")
+    train.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    train.add_argument("--width", type=float, help="ResNet-9 width (default 0.25 on CPU, 1 on GPU)")
+    train.add_argument("--batch-size", type=int, default=256, help="per model")
+    train.add_argument("--workers", type=int, default=os.cpu_count(), help="loader workers / torch threads")
+    train.add_argument("--subset", type=int, help="stratified subset of the training images")
+    train.add_argument("--warmup", type=int, default=3, help="untimed steps first (JIT, autotuning)")
+    train.add_argument("--steps", type=int, default=10, help="timed steps")
+    train.add_argument(
+        "--fuse",
+        type=lambda t: [int(k) for k in t.split(",")],
+        default=[1, 4, 10],
+        help="K values for fused training (comma-separated)",
+    )
+    train.add_argument("--compile", action="store_true", help="also time torch.compile (slow to build)")
+    train.set_defaults(run=bench_train)
     args = p.parse_args(argv)
     return args.run(args)
 
