@@ -21,6 +21,15 @@ import uuid
 from pathlib import Path
 
 ENV = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+PORT_FLAGS = (
+    "--node-manager-port",
+    "--object-manager-port",
+    "--ray-client-server-port",
+    "--dashboard-agent-listen-port",
+    "--dashboard-agent-grpc-port",
+    "--metrics-export-port",
+    "--runtime-env-agent-port",
+)
 
 
 def free_port() -> int:
@@ -47,6 +56,9 @@ def start(num_cpus: int, state: Path) -> dict:
         f"--dashboard-port={dashboard}",
         "--disable-usage-stats",
         "--include-dashboard=true",
+        # Every port free: a default one (the job agent's 52365) may still be held by another Ray
+        # on this machine, and the cluster then comes up without an agent to take jobs.
+        *(f"{flag}={free_port()}" for flag in PORT_FLAGS),
     ]
     subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL)
     info = {
@@ -58,13 +70,26 @@ def start(num_cpus: int, state: Path) -> dict:
     return info
 
 
+def _belongs(proc: Path, temp_dir: str) -> bool:
+    if temp_dir.encode() in (proc / "cmdline").read_bytes():
+        return True
+    for fd in (proc / "fd").iterdir():  # agents retitle themselves ray::...; their logs stay open
+        try:
+            if os.readlink(fd).startswith(temp_dir):
+                return True
+        except OSError:
+            continue
+    return False
+
+
 def cluster_pids(temp_dir: str) -> list[int]:
+    """Processes of the Ray node started with --temp-dir=temp_dir."""
     pids = []
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit() or int(proc.name) == os.getpid():
             continue
         try:
-            if temp_dir.encode() in (proc / "cmdline").read_bytes():
+            if _belongs(proc, temp_dir):
                 pids.append(int(proc.name))
         except OSError:
             continue
@@ -72,20 +97,23 @@ def cluster_pids(temp_dir: str) -> list[int]:
 
 
 def stop(state: Path, grace_s: float = 10.0) -> int:
-    """Terminate this cluster's processes (SIGTERM, then SIGKILL after grace_s); returns how many."""
-    temp_dir = json.loads(state.read_text())["temp_dir"]
+    """Stop the cluster that start() recorded in `state`; returns how many processes it had."""
+    count = stop_processes(json.loads(state.read_text())["temp_dir"], grace_s)
+    state.unlink(missing_ok=True)
+    return count
+
+
+def stop_processes(temp_dir: str, grace_s: float = 10.0) -> int:
+    """Terminate the Ray node using temp_dir: SIGTERM, then SIGKILL after grace_s; returns how many."""
     pids = cluster_pids(temp_dir)
     for pid in pids:
         _signal(pid, signal.SIGTERM)
-    deadline = time.time() + grace_s
-    while time.time() < deadline and cluster_pids(temp_dir):
-        time.sleep(0.2)
-    for pid in cluster_pids(temp_dir):
-        _signal(pid, signal.SIGKILL)
-    deadline = time.time() + grace_s
-    while time.time() < deadline and cluster_pids(temp_dir):
-        time.sleep(0.2)
-    state.unlink(missing_ok=True)
+    for sig in (signal.SIGKILL, None):
+        deadline = time.time() + grace_s
+        while time.time() < deadline and cluster_pids(temp_dir):
+            time.sleep(0.2)
+        for pid in cluster_pids(temp_dir) if sig else ():
+            _signal(pid, sig)
     return len(pids)
 
 

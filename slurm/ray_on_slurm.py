@@ -30,6 +30,7 @@ import submitit
 from bilateral.config import SweepConfig
 from bilateral.experiment import Plan
 from bilateral.store import SweepStore, write_json
+from ray_jobs.cluster import stop_processes
 
 log = logging.getLogger(__name__)
 RAY_ENV = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
@@ -112,6 +113,7 @@ class RayAllocation(submitit.helpers.Checkpointable):
             return None
         finally:
             _stop(ray)
+            stop_processes(temp_dir)  # the agents outlive `ray start --block`
 
     def _drive(self, args, cfg, plan, root, address, head_file, done_file, ray, nodes: int) -> dict[str, str]:
         import ray as ray_lib
