@@ -1,5 +1,6 @@
 """Shared fixtures: tiny CPU-sized specs on the synthetic dataset."""
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,24 @@ TINY = [
     "plan.pool_size=2",
     "plan.ensemble_top=[1,2]",
 ]
+
+
+DATA_DIR = f"data_dir={REPO / 'data'}"
+
+
+def sweep_cmd(out, *args: str, tiny: bool = True) -> list[str]:
+    """`python launch/sweep.py` into out/t/; args come last, so they override the TINY defaults."""
+    defaults = [*TINY, DATA_DIR] if tiny else [DATA_DIR]
+    return [
+        sys.executable,
+        str(REPO / "launch" / "sweep.py"),
+        "--out",
+        str(out),
+        "--name",
+        "t",
+        *defaults,
+        *args,
+    ]
 
 
 def tiny_config(*overrides: str):

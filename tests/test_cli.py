@@ -4,7 +4,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -15,15 +14,14 @@ from bilateral.errors import ConfigError, DataError
 from bilateral.models import build_backbone
 from bilateral.store import SweepStore
 from launch.sweep import main
-from tests.conftest import CIFAR10_JPG, REPO, TINY
-
-DATA_DIR = f"data_dir={REPO / 'data'}"
+from tests.conftest import CIFAR10_JPG, DATA_DIR, REPO, TINY
+from tests.conftest import sweep_cmd as tiny_sweep_cmd
 
 
 def sweep_cmd(out: Path, *args: str) -> list[str]:
+    """The tiny sweep on seed 0 unless args name other seeds."""
     seeds = [] if "--seeds" in args else ["--seeds", "0"]
-    script = str(REPO / "launch" / "sweep.py")
-    return [sys.executable, script, "--out", str(out), "--name", "t", *seeds, *TINY, DATA_DIR, *args]
+    return tiny_sweep_cmd(out, *seeds, *args)
 
 
 def test_dry_run_prints_stages(capsys):
@@ -159,21 +157,16 @@ def test_sigkill_mid_sweep_then_rerun_matches_uninterrupted(tmp_path):
 
 def test_smoke_on_real_cifar10(tmp_path):
     """Real images with the smoke preset as it ships: hemispheres learn well above chance."""
-    cmd = [
-        sys.executable,
-        str(REPO / "launch" / "sweep.py"),
-        "--out",
-        str(tmp_path),
-        "--name",
-        "t",
+    cmd = tiny_sweep_cmd(
+        tmp_path,
         "--seeds",
         "0",
         "--data",
         f"cifar10-hier:{CIFAR10_JPG}",
         "--models",
         "hemisphere-fine",
-        DATA_DIR,
-    ]
+        tiny=False,
+    )
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
     assert proc.returncode == 0, proc.stderr
     summary = pd.read_csv(tmp_path / "summary.csv").set_index("model")

@@ -13,9 +13,8 @@ import pytest
 import torch
 
 from ray_jobs import cluster
-from tests.conftest import REPO, TINY
+from tests.conftest import DATA_DIR, REPO, TINY, sweep_cmd
 
-DATA_DIR = f"data_dir={REPO / 'data'}"
 ENV = {**os.environ, **cluster.ENV, "OMP_NUM_THREADS": "1"}
 ACCURACY = ["model", "backbone", "seeds", "fine_acc_mean", "coarse_acc_mean"]
 
@@ -30,19 +29,7 @@ def ray_cluster(tmp_path_factory):
 
 
 def sweep(out: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    cmd = [
-        sys.executable,
-        str(REPO / "launch" / "sweep.py"),
-        "--out",
-        str(out),
-        "--name",
-        "t",
-        "--seeds",
-        "0,1",
-        *TINY,
-        DATA_DIR,
-        *args,  # last: these override TINY
-    ]
+    cmd = sweep_cmd(out, "--seeds", "0,1", *args)
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=ENV)
     assert not check or proc.returncode == 0, proc.stderr[-3000:]
     return proc
@@ -140,15 +127,8 @@ def train_worker_pids() -> list[int]:
 
 def test_killed_train_worker_resumes_from_checkpoint(tmp_path, ray_cluster):
     out = tmp_path / "ft"
-    cmd = [
-        sys.executable,
-        str(REPO / "launch" / "sweep.py"),
-        "--out",
-        str(out),
-        "--name",
-        "t",
-        *TINY,
-        DATA_DIR,
+    cmd = sweep_cmd(
+        out,
         "--seeds",
         "0",
         "--models",
@@ -161,7 +141,7 @@ def test_killed_train_worker_resumes_from_checkpoint(tmp_path, ray_cluster):
         ray_cluster["address"],
         "--workers-per-run",
         "2",
-    ]
+    )
     proc = subprocess.Popen(
         cmd, cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
@@ -188,15 +168,8 @@ def test_killed_train_worker_resumes_from_checkpoint(tmp_path, ray_cluster):
 
 def test_killed_driver_then_rerun_skips_finished_runs(tmp_path, ray_cluster):
     out = tmp_path / "drv"
-    cmd = [
-        sys.executable,
-        str(REPO / "launch" / "sweep.py"),
-        "--out",
-        str(out),
-        "--name",
-        "t",
-        *TINY,
-        DATA_DIR,
+    cmd = sweep_cmd(
+        out,
         "--seeds",
         "0,1",
         "--models",
@@ -208,7 +181,7 @@ def test_killed_driver_then_rerun_skips_finished_runs(tmp_path, ray_cluster):
         ray_cluster["address"],
         "--cpus-per-run",
         "3",  # one trial at a time on the 4 logical CPUs
-    ]
+    )
     proc = subprocess.Popen(cmd, cwd=REPO, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     runs = out / "t" / "runs"
     deadline = time.time() + 300
