@@ -74,6 +74,15 @@ class RunSpec:
     def trains(self) -> bool:
         return self.kind != "ensemble"
 
+    @property
+    def fusion_key(self) -> str | None:
+        """Runs with equal keys differ only in seed and pool member: same architecture, data and
+        hyperparameters, so they can train as one fused network (--fuse). None: never fused."""
+        if not self.trains:
+            return None
+        fields = {k: v for k, v in self.to_dict().items() if k not in ("seed", "member", "depends_on")}
+        return json.dumps(fields, sort_keys=True)
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 

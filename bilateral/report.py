@@ -1,4 +1,5 @@
-"""Finished runs -> runs.csv (one row per run), summary.csv (one row per model x backbone), report.md.
+"""Finished runs -> runs.csv (one row per run; fused_runs > 1: trained as one network with others,
+its wall time is its share of theirs), summary.csv (one row per model x backbone), report.md.
 
 summary.csv columns: model, backbone, seeds, fine_acc_mean, fine_acc_std, coarse_acc_mean,
 coarse_acc_std, params, compute_hours. Standard deviations are over seeds (ddof=1; empty for one
@@ -38,6 +39,7 @@ RUN_COLUMNS = [
     "total_wall_time_s",
     "train_images_per_s",
     "device",
+    "fused_runs",
 ]
 
 
@@ -49,7 +51,10 @@ def runs_table(records: list[dict]) -> pd.DataFrame:
         r = by_id.get(run_id)
         return 0.0 if r is None else r["wall_time_s"] + sum(total(d) for d in r["spec"]["depends_on"])
 
-    rows = [{**r, "total_wall_time_s": total(r["run_id"])} for r in records]
+    rows = [
+        {**r, "total_wall_time_s": total(r["run_id"]), "fused_runs": len(r.get("fused_with") or []) or 1}
+        for r in records
+    ]
     df = pd.DataFrame(rows).reindex(columns=RUN_COLUMNS)
     return df.sort_values(["model", "backbone", "seed", "member"], ignore_index=True)
 

@@ -95,6 +95,20 @@ class RunStore:
                 f"delete {self.root} to retrain this run"
             ) from None
 
+    def checkpoint_epoch(self, name: str) -> int:
+        """The epoch a checkpoint was saved after; -1 when there is none. Memory-mapped: only the
+        few bytes of that number are read, so grouping many runs by progress stays cheap."""
+        path = self.path(f"checkpoints/{name}.pt")
+        if not path.is_file():
+            return -1
+        try:
+            return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True)["epoch"])
+        except Exception as exc:
+            raise CheckpointError(
+                f"checkpoint {path} cannot be read ({type(exc).__name__}: {exc}); "
+                f"delete {self.root} to retrain this run"
+            ) from None
+
     def save_arrays(self, name: str, arrays: dict[str, np.ndarray]) -> None:
         buffer = io.BytesIO()
         np.savez_compressed(buffer, **arrays)

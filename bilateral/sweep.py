@@ -12,7 +12,7 @@ from tqdm import tqdm
 from bilateral.errors import BilateralError
 from bilateral.experiment import Plan, RunSpec
 from bilateral.store import SweepStore
-from bilateral.train import run
+from bilateral.train import run_group
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +44,25 @@ def run_sweep(plan: Plan, store: SweepStore, execute: StageExecutor) -> dict[str
     return failed
 
 
+def fusion_groups(specs: list[RunSpec], k: int, store: SweepStore) -> list[list[RunSpec]]:
+    """The specs in groups of at most k that train as one fused network (bilateral.train.run_group):
+    same RunSpec.fusion_key and the same last checkpoint epoch, so that a group resumes together.
+    k = 1, and runs that never fuse (ensembles), give groups of one."""
+    buckets: dict[tuple, list[RunSpec]] = {}
+    for spec in specs:
+        if k <= 1 or spec.fusion_key is None:
+            buckets[(spec.run_id,)] = [spec]
+        else:
+            key = (spec.fusion_key, store.run(spec.run_id).checkpoint_epoch("last"))
+            buckets.setdefault(key, []).append(spec)
+    return [members[i : i + k] for members in buckets.values() for i in range(0, len(members), max(k, 1))]
+
+
+def group_name(group: list[RunSpec]) -> str:
+    """A fused group is named by its first run: <run id>+<other members>."""
+    return group[0].run_id if len(group) == 1 else f"{group[0].run_id}+{len(group) - 1}"
+
+
 def describe_failure(exc: BaseException) -> str:
     """A user error is its message; anything else keeps its traceback for the run's error.txt."""
     if isinstance(exc, BilateralError):
@@ -52,10 +71,13 @@ def describe_failure(exc: BaseException) -> str:
 
 
 class InProcessExecutor:
-    """Runs specs one after another in this process: the local backend and the debug mode."""
+    """Runs specs one after another in this process (fused in groups of `fuse`): the local backend
+    and the debug mode."""
 
-    def __init__(self, store: SweepStore, plan: Plan, device: str = "auto", data_dir: str = "data"):
-        self.store, self.device, self.data_dir = store, device, data_dir
+    def __init__(
+        self, store: SweepStore, plan: Plan, device: str = "auto", data_dir: str = "data", fuse: int = 1
+    ):
+        self.store, self.device, self.data_dir, self.fuse = store, device, data_dir, fuse
         finished = sum(store.run(s.run_id).is_finished() for s in plan.runs)
         self.progress = tqdm(
             total=len(plan.runs), initial=finished, desc="runs done", unit="run", dynamic_ncols=True
@@ -63,19 +85,31 @@ class InProcessExecutor:
 
     def __call__(self, specs: list[RunSpec]) -> dict[str, str]:
         failed = {}
-        for spec in specs:
-            self.progress.set_postfix_str(spec.run_id)
-            try:
-                record = run(spec, self.store, device=self.device, data_dir=self.data_dir)
-                log.info(
-                    "finished %s: test fine %.4f coarse %.4f",
-                    spec.run_id,
-                    record.get("test_acc_fine", float("nan")),
-                    record.get("test_acc_coarse", float("nan")),
-                )
-            except Exception as exc:  # one broken run must not lose the others
-                failed[spec.run_id] = describe_failure(exc)
-                self.store.run(spec.run_id).write_error(failed[spec.run_id])
-                log.error("run %s failed:\n%s", spec.run_id, failed[spec.run_id])
-            self.progress.update()
+        for group in fusion_groups(specs, self.fuse, self.store):
+            self.progress.set_postfix_str(group_name(group))
+            failed.update(run_logged(group, self.store, self.device, self.data_dir))
+            self.progress.update(len(group))
         return failed
+
+
+def run_logged(
+    group: list[RunSpec], store: SweepStore, device: str, data_dir: str, **kwargs
+) -> dict[str, str]:
+    """run_group with each finished run logged; a failure is written to every member's error.txt
+    and returned as {run_id: error} instead of raised, so that one broken run loses no others."""
+    try:
+        records = run_group(group, store, device=device, data_dir=data_dir, **kwargs)
+    except Exception as exc:
+        error = describe_failure(exc)
+        for spec in group:
+            store.run(spec.run_id).write_error(error)
+        log.error("run %s failed:\n%s", group_name(group), error)
+        return {spec.run_id: error for spec in group}
+    for record in records:
+        log.info(
+            "finished %s: test fine %.4f coarse %.4f",
+            record["run_id"],
+            record.get("test_acc_fine", float("nan")),
+            record.get("test_acc_coarse", float("nan")),
+        )
+    return {}

@@ -42,6 +42,14 @@ from bilateral.data.loaders import make_loader
 from bilateral.errors import CheckpointError, ConfigError
 from bilateral.experiment import RunSpec
 from bilateral.models import Ensemble, count_parameters, load_state_strict
+from bilateral.models.fused import (
+    fuse,
+    fuse_optimizer_states,
+    split_outputs,
+    stack_inputs,
+    unfuse,
+    unfuse_optimizer_state,
+)
 from bilateral.store import RunStore, SweepStore
 
 log = logging.getLogger(__name__)
@@ -98,6 +106,7 @@ def distributed() -> tuple[int, int]:
 
 
 EpochCallback = Callable[[dict], None]
+Loader = DeviceLoader  # or bilateral.data's FfcvLoader / TorchLoader: the same interface (make_loader)
 
 
 def run(
@@ -113,17 +122,60 @@ def run(
     each rank takes its share of every global batch of spec.train.batch_size, and rank 0 alone
     writes. on_epoch receives each epoch's metrics row (progress reporting for a backend).
     """
-    run_store = store.run(spec.run_id)
-    if run_store.is_finished():
-        return run_store.read_record()
+    return run_group([spec], store, device, data_dir, on_epoch)[0]
+
+
+def run_group(
+    specs: list[RunSpec],
+    store: SweepStore,
+    device: str = "auto",
+    data_dir: str = "data",
+    on_epoch: EpochCallback | None = None,
+) -> list[dict]:
+    """Train K runs of one fusion key (RunSpec.fusion_key) at once, as one fused network, and return
+    their records; K = 1 is a plain run.
+
+    Each member keeps its own initialisation, data order, augmentation, optimiser state,
+    checkpoints, best epoch and record, in the same files and format as a run trained alone, so a
+    fused run resumes unfused and the other way round. Fused, one global RNG draws the dropout
+    masks of all members (same distribution, other masks than apart). on_epoch gets one row per
+    epoch: the run's own, or for K > 1 the members' mean loss and score and their summed images/s.
+    """
+    finished = {
+        s.run_id: store.run(s.run_id).read_record() for s in specs if store.run(s.run_id).is_finished()
+    }
+    todo = [s for s in specs if s.run_id not in finished]
+    if todo:
+        records = _run_unfinished(todo, store, device, data_dir, on_epoch)
+        finished.update({r["run_id"]: r for r in records})
+    return [finished[s.run_id] for s in specs]
+
+
+def _check_fusable(specs: list[RunSpec], world: int) -> None:
+    if len(specs) == 1:
+        return
+    if len({s.fusion_key for s in specs}) != 1 or specs[0].fusion_key is None:
+        raise ConfigError(
+            f"runs {', '.join(s.run_id for s in specs)} cannot train fused: fused runs must share model "
+            "kind, backbones, data, model, optimiser and training settings (bilateral.sweep.fusion_groups "
+            "groups them so)"
+        )
+    if world > 1:
+        raise ConfigError("fused training (--fuse K > 1) with DDP workers is not supported: use one of them")
+
+
+def _run_unfinished(specs, store, device, data_dir, on_epoch) -> list[dict]:
     rank, world = distributed()
+    _check_fusable(specs, world)
+    spec = specs[0]  # data, batch sizes and loader settings are the same for every member
     if spec.train.batch_size % world:
         raise ConfigError(
             f"train.batch_size={spec.train.batch_size} does not split over {world} DDP workers: "
             "choose a batch size divisible by the number of workers"
         )
     if rank == 0:
-        run_store.write_spec(spec)
+        for s in specs:
+            store.run(s.run_id).write_spec(s)
     dev = resolve_device(device)
     data = load_data(spec.data.source, data_dir, spec.data.verify_md5)
     splits = make_splits(data, spec)
@@ -131,7 +183,7 @@ def run(
     # ffcv: the split's .beton files, written by the first run that needs them
     betons = prepare_betons(data, split_parts(splits), data_dir) if spec.data.loader == "ffcv" else {}
 
-    def loader(part: str, split, indices, train: bool, batch_size: int) -> DeviceLoader:
+    def loader(part: str, split, indices, train: bool, batch_size: int, seed: int = 0) -> Loader:
         return make_loader(
             spec.data.loader,
             split,
@@ -141,7 +193,7 @@ def run(
             mean,
             std,
             train=train,
-            seed=spec.init_seed,
+            seed=seed,
             channels_last=spec.train.channels_last,
             beton=betons.get(part),
             rank=rank,
@@ -151,11 +203,26 @@ def run(
     val = loader("val", data.train, splits.val, False, spec.train.eval_batch_size)
     test = loader("test", data.test, splits.test, False, spec.train.eval_batch_size)
     if spec.trains:
-        train = loader("train", data.train, splits.train, True, spec.train.batch_size)
-        model, stats = _train(spec, store, run_store, data, train, val, dev, on_epoch)
+        trains = [
+            loader("train", data.train, splits.train, True, s.train.batch_size, s.init_seed) for s in specs
+        ]
+        trained = _train(specs, store, data, trains, val, dev, on_epoch)
     else:
-        model, stats = _assemble_ensemble(spec, store, data, dev)
+        trained = [_assemble_ensemble(spec, store, data, dev)]
+    fused_with = [s.run_id for s in specs] if len(specs) > 1 else []
+    return [
+        _finish(
+            s, store.run(s.run_id), model, {**stats, "fused_with": fused_with}, data, splits, val, test, dev
+        )
+        for s, (model, stats) in zip(specs, trained, strict=True)
+    ]
+
+
+def _finish(spec, run_store: RunStore, model, stats: dict, data, splits: Splits, val, test, dev) -> dict:
+    """Validate and test the chosen checkpoint once; rank 0 writes the predictions and the record."""
+    rank, world = distributed()
     started = time.time()
+    wall_s = stats.pop("wall_s")
     val_metrics, _ = evaluate(model, val, spec, dev)
     test_metrics, outputs = evaluate(model, test, spec, dev)
     labels = {"fine": data.test.fine[splits.test], "coarse": data.test.coarse[splits.test]}
@@ -174,7 +241,7 @@ def run(
         **{f"test_{k}": v for k, v in test_metrics.items()},
         **{f"val_{k}": v for k, v in val_metrics.items()},
         **stats,
-        "wall_time_s": stats.pop("wall_s") + time.time() - started,
+        "wall_time_s": wall_s + time.time() - started,
         "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
         "workers": world,
         "data_fingerprint": data.fingerprint(),
@@ -252,25 +319,11 @@ def _attach_hemispheres(spec: RunSpec, store: SweepStore, model: nn.Module) -> N
     model.freeze_hemispheres(update_bn_stats=spec.model.frozen_bn_update)
 
 
-def _train(spec, store, run_store: RunStore, data, train: DeviceLoader, val: DeviceLoader, dev, on_epoch):
-    torch.manual_seed(spec.init_seed)
-    model = build_model(spec, data.num_fine, data.num_coarse)
-    if spec.kind == "bilateral-specialised":
-        _attach_hemispheres(spec, store, model)
-    model.to(dev)
-    torch.backends.cudnn.benchmark = True  # fixed 32x32 shapes: pick the fastest conv kernels once
-    if spec.train.channels_last:
-        model.to(memory_format=torch.channels_last)
-    rank, world = distributed()
-    if world > 1 and dev.type == "cuda":  # batch statistics over the global batch, as with one worker
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    optimizer = make_optimizer(spec, model)
-    forward = model
-    if world > 1:
-        forward = DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
-    forward = torch.compile(forward) if spec.train.compile else forward
-    epochs, steps_per_epoch = spec.train.epochs, len(train)
-    state = {
+STATE_KEYS = ("epoch", "best_score", "best_epoch", "train_time_s", "wall_s", "images")
+
+
+def _fresh_state() -> dict:
+    return {
         "epoch": -1,
         "best_score": -math.inf,
         "best_epoch": -1,
@@ -278,45 +331,111 @@ def _train(spec, store, run_store: RunStore, data, train: DeviceLoader, val: Dev
         "wall_s": 0.0,
         "images": 0,
     }
-    metrics = []
-    if run_store.has_checkpoint("last"):
-        last = run_store.load_checkpoint("last")
-        load_state_strict(model, last["model"], source=str(run_store.path("checkpoints/last.pt")))
-        optimizer.load_state_dict(last["optimizer"])
-        torch.set_rng_state(last["rng_cpu"])
-        if dev.type == "cuda" and "rng_cuda" in last:
-            torch.cuda.set_rng_state(last["rng_cuda"], dev)
-        state = {k: last[k] for k in state}
-        metrics = [m for m in run_store.read_metrics() if m["epoch"] <= state["epoch"]]
-        log.info("%s: resuming after epoch %d", spec.run_id, state["epoch"] + 1)
-    start = state["epoch"] + 1
+
+
+def _build_members(specs: list[RunSpec], store: SweepStore, data) -> list[nn.Module]:
+    """Each member initialised from its own seed, exactly as it would be trained alone."""
+    members = []
+    for spec in specs:
+        torch.manual_seed(spec.init_seed)
+        model = build_model(spec, data.num_fine, data.num_coarse)
+        if spec.kind == "bilateral-specialised":
+            _attach_hemispheres(spec, store, model)
+        members.append(model)
+    return members
+
+
+def _load_last(
+    specs: list[RunSpec], run_stores: list[RunStore], members: list[nn.Module]
+) -> list[dict] | None:
+    """The members' last checkpoints (weights loaded into `members`), or None when none has one."""
+    epochs = [rs.checkpoint_epoch("last") for rs in run_stores]
+    if len(set(epochs)) > 1:
+        raise CheckpointError(
+            f"runs {', '.join(s.run_id for s in specs)} stopped after different epochs {epochs} and "
+            "cannot resume as one fused group: rerun the sweep (it groups runs by their last epoch), "
+            "or run without --fuse"
+        )
+    if epochs[0] < 0:
+        return None
+    lasts = [rs.load_checkpoint("last") for rs in run_stores]
+    for model, last, rs in zip(members, lasts, run_stores, strict=True):
+        load_state_strict(model, last["model"], source=str(rs.path("checkpoints/last.pt")))
+    return lasts
+
+
+def _train(specs: list[RunSpec], store: SweepStore, data, trains: list[Loader], val: Loader, dev, on_epoch):
+    """The training loop, for one run or K fused ones; returns [(model with its best weights, stats)]."""
+    spec, k = specs[0], len(specs)  # members share every hyperparameter (RunSpec.fusion_key)
+    run_stores = [store.run(s.run_id) for s in specs]
+    members = _build_members(specs, store, data)
+    lasts = _load_last(specs, run_stores, members)
+    net = fuse(members) if k > 1 else members[0]
+    net.to(dev)
+    torch.backends.cudnn.benchmark = True  # fixed 32x32 shapes: pick the fastest conv kernels once
+    if spec.train.channels_last:
+        net.to(memory_format=torch.channels_last)
+    rank, world = distributed()
+    if world > 1 and dev.type == "cuda":  # batch statistics over the global batch, as with one worker
+        net = nn.SyncBatchNorm.convert_sync_batchnorm(net)
+    optimizer = make_optimizer(spec, net)
+    forward = net
+    if world > 1:
+        forward = DistributedDataParallel(net, device_ids=[dev.index] if dev.type == "cuda" else None)
+    forward = torch.compile(forward) if spec.train.compile else forward
+    epochs, steps_per_epoch = spec.train.epochs, len(trains[0])
+    states = [_fresh_state() for _ in specs]
+    metrics: list[list[dict]] = [[] for _ in specs]
+    if lasts is not None:
+        saved = [last["optimizer"] for last in lasts]
+        optimizer.load_state_dict(fuse_optimizer_states(saved, net) if k > 1 else saved[0])
+        torch.set_rng_state(lasts[0]["rng_cpu"])
+        if dev.type == "cuda" and "rng_cuda" in lasts[0]:
+            torch.cuda.set_rng_state(lasts[0]["rng_cuda"], dev)
+        states = [{key: last[key] for key in STATE_KEYS} for last in lasts]
+        metrics = [[m for m in rs.read_metrics() if m["epoch"] <= states[0]["epoch"]] for rs in run_stores]
+        log.info("%s: resuming after epoch %d", ", ".join(s.run_id for s in specs), states[0]["epoch"] + 1)
+    start = states[0]["epoch"] + 1
+    name = spec.run_id if k == 1 else f"{spec.run_id}+{k - 1} fused"
     bar = tqdm(
         total=epochs * steps_per_epoch,
         initial=start * steps_per_epoch,
-        desc=spec.run_id,
+        desc=name,
         unit="step",
         leave=False,
         mininterval=2.0,
         dynamic_ncols=True,
     )
     for epoch in range(start, epochs):
-        model.train()
-        train.set_epoch(epoch)
+        net.train()
+        for train in trains:
+            train.set_epoch(epoch)
         tic = time.perf_counter()
-        total_loss = torch.zeros((), device=dev)
-        for i, (x, fine, coarse) in enumerate(train):
-            if world > 1 and not getattr(train, "per_rank", False):  # global batch: this rank's share
-                share = slice(rank * len(x) // world, (rank + 1) * len(x) // world)
-                x, fine, coarse = x[share], fine[share], coarse[share]
+        total_loss = torch.zeros(k, device=dev)
+        for i, batches in enumerate(zip(*trains, strict=True)):
+            xs, fines, coarses = (list(t) for t in zip(*batches, strict=True))
+            if world > 1 and not getattr(trains[0], "per_rank", False):  # global batch: this rank's share
+                share = slice(rank * len(xs[0]) // world, (rank + 1) * len(xs[0]) // world)
+                xs, fines, coarses = (
+                    [x[share] for x in xs],
+                    [f[share] for f in fines],
+                    [c[share] for c in coarses],
+                )
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(spec, epoch * steps_per_epoch + i, epochs * steps_per_epoch)
             with _autocast(spec, dev):
-                outputs = forward(x)
-            loss = loss_fn(outputs, fine, coarse, spec.optim.label_smoothing)
+                outputs = forward(stack_inputs(xs) if k > 1 else xs[0])
+            per_member = _per_member(outputs, k)
+            losses = torch.stack(
+                [
+                    loss_fn(out, f, c, spec.optim.label_smoothing)
+                    for out, f, c in zip(per_member, fines, coarses, strict=True)
+                ]
+            )
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            losses.sum().backward()
             optimizer.step()
-            total_loss += loss.detach()
+            total_loss += losses.detach()
             bar.update()
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
@@ -324,49 +443,64 @@ def _train(spec, store, run_store: RunStore, data, train: DeviceLoader, val: Dev
             dist.all_reduce(total_loss)
             total_loss /= world
         seconds = time.perf_counter() - tic
-        state["train_time_s"] += seconds
-        state["images"] += steps_per_epoch * train.batch_size
-        val_metrics, _ = evaluate(model, val, spec, dev)
-        score = selection_score(val_metrics)
-        row = {
-            "epoch": epoch,
-            "train_loss": float(total_loss) / max(1, steps_per_epoch),
-            "images_per_s": steps_per_epoch * train.batch_size / seconds,
-            "lr": optimizer.param_groups[0]["lr"],
-            **{f"val_{k}": v for k, v in val_metrics.items()},
-        }
-        metrics.append(row)
+        images = steps_per_epoch * trains[0].batch_size
+        val_results = evaluate_members(net, val, spec, dev, k)
+        rows = []
+        for j, (val_metrics, _) in enumerate(val_results):
+            rows.append(
+                {
+                    "epoch": epoch,
+                    "train_loss": float(total_loss[j]) / max(1, steps_per_epoch),
+                    "images_per_s": images / seconds,
+                    "lr": optimizer.param_groups[0]["lr"],
+                    **{f"val_{key}": v for key, v in val_metrics.items()},
+                }
+            )
+            metrics[j].append(rows[-1])
+        progress = _progress_row(rows, epochs)
         if on_epoch is not None:
-            on_epoch({**row, "val_score": score, "epochs": epochs})
+            on_epoch(progress)
         bar.set_postfix(
             epoch=f"{epoch + 1}/{epochs}",
-            loss=f"{row['train_loss']:.3f}",
-            val=f"{score:.3f}",
-            img_s=f"{row['images_per_s']:.0f}",
+            loss=f"{progress['train_loss']:.3f}",
+            val=f"{progress['val_score']:.3f}",
+            img_s=f"{progress['images_per_s']:.0f}",
         )
         log.info(
             "%s epoch %d/%d loss %.4f val %.4f %.0f img/s",
-            spec.run_id,
+            name,
             epoch + 1,
             epochs,
-            row["train_loss"],
-            score,
-            row["images_per_s"],
+            progress["train_loss"],
+            progress["val_score"],
+            progress["images_per_s"],
         )
-        improved = score > state["best_score"]
-        if improved:
-            state.update(best_score=score, best_epoch=epoch)
-        state["epoch"] = epoch
-        state["wall_s"] += time.perf_counter() - tic
-        if rank == 0:
+        wall = time.perf_counter() - tic
+        model_states = unfuse(net, members[0], k) if k > 1 else [net.state_dict()]
+        optimizer_states = (
+            unfuse_optimizer_state(optimizer.state_dict(), net, members[0], k)
+            if k > 1
+            else [optimizer.state_dict()]
+        )
+        for j, (state, rs) in enumerate(zip(states, run_stores, strict=True)):
+            score = rows[j]["val_score"]
+            improved = score > state["best_score"]
             if improved:
-                run_store.save_checkpoint("best", {"model": model.state_dict(), "epoch": epoch})
-            run_store.write_metrics(metrics)  # before "last": a resume drops rows past the last checkpoint
-            run_store.save_checkpoint(
+                state.update(best_score=score, best_epoch=epoch)
+            state["epoch"] = epoch
+            state["train_time_s"] += seconds
+            state["images"] += images
+            state["wall_s"] += wall / k  # a fused member's share of the group's time
+            if rank != 0:
+                continue
+            if improved:
+                rs.save_checkpoint("best", {"model": model_states[j], "epoch": epoch})
+            rs.write_metrics(metrics[j])  # before "last": a resume drops rows past the last checkpoint
+            rs.save_checkpoint(
                 "last",
                 {
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
+                    "model": model_states[j],
+                    "optimizer": optimizer_states[j],
                     "rng_cpu": torch.get_rng_state(),
                     **({"rng_cuda": torch.cuda.get_rng_state(dev)} if dev.type == "cuda" else {}),
                     **state,
@@ -375,20 +509,47 @@ def _train(spec, store, run_store: RunStore, data, train: DeviceLoader, val: Dev
         if world > 1:
             dist.barrier()  # every rank sees this epoch's checkpoints before going on
     bar.close()
-    load_state_strict(
-        model, run_store.load_checkpoint("best")["model"], str(run_store.path("checkpoints/best.pt"))
-    )
-    stats = {
-        "best_epoch": state["best_epoch"],
+    finals = [net] if k == 1 else members
+    trained = []
+    for model, state, rs in zip(finals, states, run_stores, strict=True):
+        model.to(dev)
+        if spec.train.channels_last:
+            model.to(memory_format=torch.channels_last)
+        load_state_strict(model, rs.load_checkpoint("best")["model"], str(rs.path("checkpoints/best.pt")))
+        stats = {
+            "best_epoch": state["best_epoch"],
+            "epochs": epochs,
+            "resumed_from_epoch": start if start else None,
+            "params": count_parameters(model),
+            "trainable_params": count_parameters(model, trainable_only=True),
+            "train_time_s": state["train_time_s"],
+            "wall_s": state["wall_s"],
+            "train_images_per_s": state["images"] / max(state["train_time_s"], 1e-9),
+        }
+        trained.append((model, stats))
+    return trained
+
+
+def _per_member(outputs: dict[str, torch.Tensor], k: int) -> list[dict[str, torch.Tensor]]:
+    if k == 1:
+        return [outputs]
+    split = split_outputs(outputs, k)
+    return [{h: z[j] for h, z in split.items()} for j in range(k)]
+
+
+def _progress_row(rows: list[dict], epochs: int) -> dict:
+    """One row for progress reports: the run's own, or the fused members' mean loss and score and
+    their summed throughput."""
+    if len(rows) == 1:
+        return {**rows[0], "epochs": epochs}
+    return {
+        "epoch": rows[0]["epoch"],
         "epochs": epochs,
-        "resumed_from_epoch": start if start else None,
-        "params": count_parameters(model),
-        "trainable_params": count_parameters(model, trainable_only=True),
-        "train_time_s": state["train_time_s"],
-        "wall_s": state["wall_s"],
-        "train_images_per_s": state["images"] / max(state["train_time_s"], 1e-9),
+        "runs": len(rows),
+        "train_loss": float(np.mean([r["train_loss"] for r in rows])),
+        "val_score": float(np.mean([r["val_score"] for r in rows])),
+        "images_per_s": sum(r["images_per_s"] for r in rows),
     }
-    return model, stats
 
 
 def selection_score(val_metrics: dict) -> float:
@@ -424,29 +585,38 @@ def _assemble_ensemble(spec: RunSpec, store: SweepStore, data, dev) -> tuple[nn.
     }
 
 
-@torch.no_grad()
-def evaluate(
-    model: nn.Module, loader: DeviceLoader, spec: RunSpec, dev
-) -> tuple[dict, dict[str, torch.Tensor]]:
+def evaluate(model: nn.Module, loader: Loader, spec: RunSpec, dev) -> tuple[dict, dict[str, torch.Tensor]]:
     """Per-head accuracy and loss over a whole split, plus the logits (on CPU) in loader order."""
+    return evaluate_members(model, loader, spec, dev, 1)[0]
+
+
+@torch.no_grad()
+def evaluate_members(
+    model: nn.Module, loader: Loader, spec: RunSpec, dev, k: int
+) -> list[tuple[dict, dict[str, torch.Tensor]]]:
+    """evaluate() for each of the K members of a fused model (K = 1: a plain one); each sees every batch."""
     model.eval()
-    logits: dict[str, list[torch.Tensor]] = {}
+    logits: list[dict[str, list[torch.Tensor]]] = [{} for _ in range(k)]
     labels: dict[str, list[torch.Tensor]] = {"fine": [], "coarse": []}
     for x, fine, coarse in loader:
         with _autocast(spec, dev):
-            outputs = model(x)
-        for h, out in outputs.items():
-            logits.setdefault(h, []).append(out.float().cpu())
+            outputs = model(stack_inputs([x] * k) if k > 1 else x)
+        for member, out in zip(logits, _per_member(outputs, k), strict=True):
+            for h, z in out.items():
+                member.setdefault(h, []).append(z.float().cpu())
         labels["fine"].append(fine.cpu())
         labels["coarse"].append(coarse.cpu())
-    out = {h: torch.cat(v) for h, v in logits.items()}
-    metrics = {}
-    for h, z in out.items():
-        y = torch.cat(labels[h])
-        metrics[f"acc_{h}"] = float((z.argmax(1) == y).float().mean())
-        metrics[f"loss_{h}"] = float(F.cross_entropy(z, y))
-    metrics["score"] = selection_score(metrics)
-    return metrics, out
+    truth = {h: torch.cat(v) for h, v in labels.items()}
+    results = []
+    for member in logits:
+        out = {h: torch.cat(v) for h, v in member.items()}
+        metrics = {}
+        for h, z in out.items():
+            metrics[f"acc_{h}"] = float((z.argmax(1) == truth[h]).float().mean())
+            metrics[f"loss_{h}"] = float(F.cross_entropy(z, truth[h]))
+        metrics["score"] = selection_score(metrics)
+        results.append((metrics, out))
+    return results
 
 
 def _git(*args: str) -> str | None:

@@ -1,10 +1,12 @@
-"""Benchmarks, each printing ratios against a plain PyTorch baseline measured in the same process.
+"""Benchmarks, each printing ratios against a baseline measured in the same invocation.
 
     python launch/bench.py loaders                                            # synthetic data
     python launch/bench.py loaders --data cifar10-hier:../shared/data/cifar10-jpg
     python launch/bench.py loaders --data cifar100 --device cuda --batch-size 512 --workers 8
     python launch/bench.py train                                              # CPU: width 1/4
     python launch/bench.py train --device cuda --compile --data cifar100      # GPU: paper width
+    python launch/bench.py pack                                               # CPU: P = cores
+    python launch/bench.py pack --device cuda --data cifar100                 # GPU: P = 4
 
 loaders: images/s of each data loader (data.loader = torch | memory | ffcv) over the same training
 images with the same augmentation (reflect-pad-4 random crop, horizontal flip, normalisation),
@@ -18,16 +20,34 @@ and fused training of K = 1, 4, 10 models as one network; ratios to the baseline
 time the `fast` and `paper` presets would take on this device at this width (a projection from
 the best single-model rate, scaled by each run's forward cost). On a CPU the default width is 1/4
 so the benchmark finishes in a few minutes; on a GPU it is the paper's width 1.
+
+pack: when packing several runs on one device helps. For each width (--widths), the aggregate
+training images/s of P runs (--runs) of the memory path, all three training the identical step:
+sequential (one process with all --threads torch threads, the runs one after another, so the
+aggregate is one run's rate); packed (P concurrent processes of threads/P torch threads each,
+sharing the device, their timed steps started together after warm-up: all their images over the
+window until the last one finishes); fused (one process training the P models as one network,
+K = P). Ratios are to sequential, and a line per width names the fastest mode. Packing helps when
+one small model cannot fill the device: a narrow network's kernels are too small to keep every
+core or a GPU's SMs busy, so P of them side by side (packed) or as one P-times-wider network
+(fused) get more images through. Once one run saturates the device, packing only adds contention
+(caches, memory bandwidth) and sequential is as fast or faster: pack a sweep's runs at the widths
+where packed or fused is clearly above 1.00x.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import multiprocessing
 import os
 import platform
+import queue
 import sys
+import threading
 import time
+import traceback
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
@@ -121,8 +141,18 @@ def _macs(model: torch.nn.Module) -> int:
     return total
 
 
-def _train_rate(variant: dict, args, data, indices, device, width) -> tuple[float, float]:
-    """(images/s, ms/step) over args.steps timed steps after args.warmup steps."""
+def _train_indices(data, subset: int | None) -> np.ndarray:
+    """All training images, or a stratified subset: the same one in every process."""
+    return stratified_subset(data.train.fine, subset, seed=0) if subset else np.arange(len(data.train))
+
+
+def _train_rate(
+    variant: dict, args, data, indices, device, width, barrier: Callable[[], None] | None = None
+) -> tuple[float, float]:
+    """(images/s, ms/step) over args.steps timed steps after args.warmup steps.
+
+    barrier, if given, is called between the two, so that concurrent processes time the same window.
+    """
     k = variant.get("fuse", 0)
     mean, std = data.mean_std()
     nets = []
@@ -177,6 +207,8 @@ def _train_rate(variant: dict, args, data, indices, device, width) -> tuple[floa
         step()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+    if barrier:
+        barrier()
     tic = time.perf_counter()
     for _ in range(args.steps):
         step()
@@ -210,9 +242,7 @@ def bench_train(args: argparse.Namespace) -> int:
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     data = load_data(args.data, args.data_dir, True)
-    indices = np.arange(len(data.train))
-    if args.subset:
-        indices = stratified_subset(data.train.fine, args.subset, seed=0)
+    indices = _train_indices(data, args.subset)
     variants = [
         {"name": "baseline: torch DataLoader + PIL, fp32", "loader": "torch"},
         {"name": "memory", "loader": "memory"},
@@ -250,6 +280,141 @@ def bench_train(args: argparse.Namespace) -> int:
     return 0
 
 
+@contextlib.contextmanager
+def _environ(**values: str) -> Iterator[None]:
+    """Environment variables for the processes started inside the block only."""
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name)
+            else:
+                os.environ[name] = value
+
+
+def _packed_run(rank: int, args: argparse.Namespace, width: float, variant: dict, barrier, reports) -> None:
+    """One packed process: the sequential run's step, its timed steps starting with its peers'.
+
+    Reports (rank, (start, end)) on the monotonic clock, which is system-wide, or (rank, traceback).
+    """
+    torch.set_num_threads(args.workers)  # before any work: P processes of all threads each thrash
+    try:
+        device = resolve_device(args.device)
+        if device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+        data = load_data(args.data, args.data_dir, True)
+        start = 0.0
+
+        def start_together() -> None:
+            nonlocal start
+            barrier.wait()
+            start = time.monotonic()
+
+        _train_rate(variant, args, data, _train_indices(data, args.subset), device, width, start_together)
+        reports.put((rank, (start, time.monotonic())))
+    except threading.BrokenBarrierError:
+        pass  # a peer failed before the barrier and reports why
+    except Exception:
+        reports.put((rank, traceback.format_exc()))
+        barrier.abort()  # peers waiting at the barrier stop instead of hanging
+
+
+def _packed_rate(runs: int, args: argparse.Namespace, width: float, variant: dict) -> float:
+    """Aggregate images/s of `runs` concurrent processes: all their timed images over the window from
+    their common start to the last one's end (a pack is done when its slowest run is)."""
+    threads = max(1, args.threads // runs)
+    run_args = argparse.Namespace(**vars(args), workers=threads)
+    ctx = multiprocessing.get_context("spawn")  # CUDA cannot fork; a fresh torch reads OMP_NUM_THREADS
+    barrier, reports = ctx.Barrier(runs), ctx.Queue()
+    procs = [
+        ctx.Process(target=_packed_run, args=(rank, run_args, width, variant, barrier, reports), daemon=True)
+        for rank in range(runs)
+    ]
+    spans = {}
+    try:
+        with _environ(OMP_NUM_THREADS=str(threads)):  # read when the child imports torch
+            for proc in procs:
+                proc.start()
+        while len(spans) < runs:
+            try:
+                rank, report = reports.get(timeout=1.0)
+            except queue.Empty:
+                codes = [proc.exitcode for proc in procs]
+                if any(code not in (None, 0) for code in codes) or None not in codes:
+                    raise RuntimeError(
+                        f"packed processes exited without reporting (exit codes {codes})"
+                    ) from None
+                continue
+            if isinstance(report, str):
+                raise RuntimeError(f"packed run {rank} failed:\n{report}")
+            spans[rank] = report
+        for proc in procs:
+            proc.join()
+    finally:
+        for proc in procs:
+            if proc.is_alive():
+                proc.terminate()  # only after an error: on success every process has exited
+            if proc.pid is not None:
+                proc.join()
+    start, end = min(s for s, _ in spans.values()), max(e for _, e in spans.values())
+    return runs * args.steps * args.batch_size / (end - start)
+
+
+def bench_pack(args: argparse.Namespace) -> int:
+    """Sequential, packed and fused P runs per width: whether the device has room for more than one."""
+    device = resolve_device(args.device)
+    runs = args.runs or (4 if device.type == "cuda" else os.cpu_count())
+    widths = args.widths or ([0.25, 0.5, 1.0] if device.type == "cuda" else [0.125, 0.25, 0.5])
+    threads = max(1, args.threads // runs)
+    torch.set_num_threads(args.threads)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    data = load_data(args.data, args.data_dir, True)
+    indices = _train_indices(data, args.subset)
+    solo_args = argparse.Namespace(**vars(args), workers=args.threads)
+    single = {"loader": "memory", "bf16": args.bf16, "channels_last": args.channels_last}
+    precision = "bf16" if args.bf16 else "fp32"
+    print(
+        f"{data.name}: {len(indices)} training images, P = {runs} ResNet-9 runs, batch {args.batch_size} "
+        f"per run, Adam, memory loader, {precision}{', channels_last' if args.channels_last else ''}, "
+        f"device {device}, {args.warmup} warm-up + {args.steps} timed steps, {os.cpu_count()} CPUs"
+    )
+    measure = {  # mode: images/s of all P runs at a width
+        f"sequential (1 process x {args.threads} threads)": lambda width: _train_rate(
+            single, solo_args, data, indices, device, width
+        )[0],
+        f"packed ({runs} processes x {threads} threads)": lambda width: _packed_rate(
+            runs, args, width, single
+        ),
+        f"fused (K={runs}, 1 process x {args.threads} threads)": lambda width: _train_rate(
+            {**single, "fuse": runs}, solo_args, data, indices, device, width
+        )[0],
+    }
+    rows, verdicts = [], []
+    for width in widths:
+        rates = {}
+        for mode, rate_at in measure.items():
+            if device.type == "cuda":
+                torch.cuda.empty_cache()  # every mode, the packed processes above all, gets the whole memory
+            rates[mode] = rate_at(width)
+            print(f"  width {width}, {mode}: {rates[mode]:,.0f} images/s", flush=True)
+        base = next(iter(rates.values()))  # sequential
+        rows += [
+            {"width": width, "mode": mode, "images/s": f"{rate:,.0f}", "vs sequential": f"{rate / base:.2f}x"}
+            for mode, rate in rates.items()
+        ]
+        best = max(rates, key=rates.get)
+        verdicts.append(
+            f"  width {width}: fastest is {best.split(' (')[0]} ({rates[best] / base:.2f}x sequential)"
+        )
+    print(tabulate(rows, headers="keys", tablefmt="github"))
+    print("\n".join(verdicts))
+    return 0
+
+
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
@@ -281,6 +446,31 @@ def main(argv: list[str]) -> int:
     )
     train.add_argument("--compile", action="store_true", help="also time torch.compile (slow to build)")
     train.set_defaults(run=bench_train)
+    pack = sub.add_parser("pack", help="aggregate images/s of P runs: sequential, packed processes, fused")
+    pack.add_argument("--data", default="synthetic", help="dataset spec, as for launch/sweep.py")
+    pack.add_argument("--data-dir", default="data", help="dataset and .beton caches")
+    pack.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    pack.add_argument(
+        "--widths",
+        type=lambda t: [float(w) for w in t.split(",")],
+        help="ResNet-9 widths, comma-separated (default 0.125,0.25,0.5 on CPU; 0.25,0.5,1 on GPU)",
+    )
+    pack.add_argument(
+        "--runs", type=int, help="P, runs packed on the device (default: the CPUs on CPU, 4 on GPU)"
+    )
+    pack.add_argument(
+        "--threads",
+        type=int,
+        default=os.cpu_count(),
+        help="torch threads: all for sequential and fused, threads/P (at least 1) for each packed process",
+    )
+    pack.add_argument("--batch-size", type=int, default=256, help="per run")
+    pack.add_argument("--subset", type=int, default=2000, help="stratified subset of the training images")
+    pack.add_argument("--warmup", type=int, default=2, help="untimed steps first (JIT, autotuning)")
+    pack.add_argument("--steps", type=int, default=8, help="timed steps")
+    pack.add_argument("--bf16", action="store_true", help="bf16 autocast in every mode")
+    pack.add_argument("--channels-last", action="store_true", help="channels_last in every mode")
+    pack.set_defaults(run=bench_pack)
     args = p.parse_args(argv)
     return args.run(args)
 

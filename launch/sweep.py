@@ -5,6 +5,7 @@
     python launch/sweep.py --preset paper --data cifar100:/datasets --device cuda
     python launch/sweep.py --models bilateral-unspecialised --seeds 0         # one run, in process (debug)
     python launch/sweep.py --dry-run                             # print stages, runs, dependencies
+    python launch/sweep.py --preset fast --data cifar100 --fuse 10            # 10 small runs per GPU pass
     python launch/sweep.py train.epochs=2 optim.lr=1e-3          # key=value overrides of any config key
 
 A rerun of the same command skips finished runs and resumes unfinished ones from their checkpoints.
@@ -20,7 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # ray_jobs/ and slurm/ sit beside launch/
 
 from bilateral.config import PRESETS, SweepConfig, load_config, parse_seeds, to_dict
-from bilateral.errors import BilateralError
+from bilateral.errors import BilateralError, ConfigError
 from bilateral.experiment import Plan, build_plan
 from bilateral.report import markdown, paired_differences, runs_table, summarize, write_report
 from bilateral.store import SweepStore
@@ -54,6 +55,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--seeds", help="e.g. 0,1,2 or 0-4")
     p.add_argument("--models", help="comma-separated subset of the plan (see --dry-run), default all")
     p.add_argument("--device", help="auto (cuda if available) | cpu | cuda | cuda:N")
+    p.add_argument(
+        "--fuse",
+        type=int,
+        default=1,
+        metavar="K",
+        help="train up to K runs that differ only in seed or pool member as one fused network "
+        "(grouped convolutions): fills a GPU with small models; each run keeps its own init, data "
+        "order, optimiser state and checkpoints (default 1 = apart; see README, Performance)",
+    )
     p.add_argument("--out", help="results root (default results)")
     p.add_argument("--name", help="sweep name: results/<name>/ (default <preset>-<data>-<backbone>)")
     p.add_argument("--dry-run", action="store_true", help="print the plan and exit")
@@ -105,7 +115,7 @@ class LocalBackend:
 
     @staticmethod
     def run(args: argparse.Namespace, cfg: SweepConfig, plan: Plan, store: SweepStore) -> dict[str, str]:
-        return run_sweep(plan, store, InProcessExecutor(store, plan, cfg.device, cfg.data_dir))
+        return run_sweep(plan, store, InProcessExecutor(store, plan, cfg.device, cfg.data_dir, args.fuse))
 
 
 def _ray_backend():
@@ -131,6 +141,8 @@ def main(argv: list[str]) -> int:
 
         print(status(args.status))
         return 0
+    if args.fuse < 1:
+        raise ConfigError(f"--fuse {args.fuse}: give the number of runs to train as one network, 1 or more")
     cfg = resolve_config(args)
     plan = build_plan(cfg)
     if args.dry_run:

@@ -16,9 +16,10 @@ import os
 from pathlib import Path
 
 from bilateral.config import SweepConfig
+from bilateral.errors import ConfigError
 from bilateral.experiment import Plan, RunSpec
 from bilateral.store import SweepStore
-from bilateral.sweep import run_sweep
+from bilateral.sweep import fusion_groups, group_name, run_sweep
 
 log = logging.getLogger(__name__)
 DRIVER_CPU = 0.01  # a Tune trial that only drives a TorchTrainer (Tune refuses an empty request)
@@ -50,18 +51,20 @@ def _torch_threads(cpus: float) -> None:
 
 
 def _run_trial(trial: dict, settings: dict) -> None:
-    """One Tune trial = one run, in this process, or as a TorchTrainer with N DDP workers."""
+    """One Tune trial = one run (or --fuse K runs as one network) in this process, or one run as a
+    TorchTrainer with N DDP workers."""
     from ray import tune
 
-    from bilateral.train import run
+    from bilateral.train import run_group
 
-    config = {**settings["common"], "spec": settings["specs"][trial["run_id"]]}
+    group = settings["groups"][trial["group"]]
+    config = {**settings["common"], "spec": group[0]}
     spec = RunSpec.from_dict(config["spec"])
     store = SweepStore(config["root"])
     if config["workers"] == 1:
         _torch_threads(config["cpus"])
-        run(
-            spec,
+        run_group(
+            [RunSpec.from_dict(d) for d in group],
             store,
             config["device"],
             config["data_dir"],
@@ -116,7 +119,7 @@ def _progress(row: dict) -> dict:
 
 
 def _trial_name(trial) -> str:
-    return trial.config["run_id"]
+    return trial.config["group"]
 
 
 class TuneExecutor:
@@ -144,7 +147,11 @@ class TuneExecutor:
             "gpus": gpus,
             "max_failures": args.max_failures,
         }
-        settings = {"common": common, "specs": {s.run_id: s.to_dict() for s in specs}}
+        groups = {group_name(g): g for g in fusion_groups(specs, args.fuse, self.store)}
+        settings = {
+            "common": common,
+            "groups": {name: [s.to_dict() for s in g] for name, g in groups.items()},
+        }
         if workers == 1:
             resources = {"CPU": cpus, "GPU": gpus}
             concurrent = None
@@ -153,7 +160,7 @@ class TuneExecutor:
             concurrent = max(1, math.floor(self.cluster_cpus / (workers * cpus + DRIVER_CPU)))
         tuner = tune.Tuner(
             tune.with_resources(tune.with_parameters(_run_trial, settings=settings), resources),
-            param_space={"run_id": tune.grid_search([s.run_id for s in specs])},
+            param_space={"group": tune.grid_search(list(groups))},
             tune_config=tune.TuneConfig(
                 max_concurrent_trials=concurrent,
                 trial_name_creator=_trial_name,
@@ -169,15 +176,21 @@ class TuneExecutor:
         results = tuner.fit()
         failed = {}
         for result in results:
-            run_id = result.config["run_id"]
-            if result.error is not None or not self.store.run(run_id).is_finished():
-                failed[run_id] = f"{type(result.error).__name__}: {result.error}"
-                self.store.run(run_id).write_error(failed[run_id])
+            for spec in groups[result.config["group"]]:
+                if result.error is not None or not self.store.run(spec.run_id).is_finished():
+                    failed[spec.run_id] = f"{type(result.error).__name__}: {result.error}"
+                    self.store.run(spec.run_id).write_error(failed[spec.run_id])
         return failed
 
 
 def run(args: argparse.Namespace, cfg: SweepConfig, plan: Plan, store: SweepStore) -> dict[str, str]:
     import ray
+
+    if args.fuse > 1 and args.workers_per_run > 1:
+        raise ConfigError(
+            f"--fuse {args.fuse} and --workers-per-run {args.workers_per_run} do not combine: a fused group "
+            "trains in one process; use one of them"
+        )
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # Ray >= 2.60 token auth; local clusters only
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")

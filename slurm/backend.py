@@ -36,7 +36,7 @@ from bilateral.config import SweepConfig
 from bilateral.errors import BilateralError, ConfigError
 from bilateral.experiment import Plan, RunSpec
 from bilateral.store import SweepStore, write_json
-from bilateral.sweep import run_sweep
+from bilateral.sweep import fusion_groups, run_sweep
 
 log = logging.getLogger("slurm")
 
@@ -214,6 +214,7 @@ class SlurmOptions:
     mem_gb: float | None = None
     array_parallelism: int = 256
     runs_per_task: int = 1
+    fuse: int = 1  # runs of one fusion key trained as one network, per task (bilateral.sweep.fusion_groups)
     sbatch: dict[str, str | bool] = field(default_factory=dict)
     setup: list[str] = field(default_factory=list)
     signal_delay_s: int = 120
@@ -245,6 +246,7 @@ class SlurmOptions:
             mem_gb=args.mem_gb,
             array_parallelism=args.array_parallelism,
             runs_per_task=args.runs_per_task,
+            fuse=args.fuse,
             sbatch=parse_sbatch(args.sbatch),
             setup=list(args.setup),
             signal_delay_s=args.signal_delay_s,
@@ -260,7 +262,7 @@ class SlurmOptions:
         return opts
 
     def check(self) -> None:
-        for name in ("cpus_per_run", "array_parallelism", "runs_per_task", "nodes", "cpus_per_node"):
+        for name in ("cpus_per_run", "array_parallelism", "runs_per_task", "fuse", "nodes", "cpus_per_node"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be at least 1")
         if self.gpus_per_run < 0 or self.max_requeues < 0 or self.signal_delay_s < 0:
@@ -269,6 +271,11 @@ class SlurmOptions:
             raise ConfigError(
                 f"--gpus-per-run {self.gpus_per_run} (DDP) and --runs-per-task {self.runs_per_task} do not "
                 "combine: pack several small runs on one GPU, or spread one run over several, not both"
+            )
+        if self.distributed and self.fuse > 1:
+            raise ConfigError(
+                f"--gpus-per-run {self.gpus_per_run} (DDP) and --fuse {self.fuse} do not combine: a fused "
+                "group trains in one process"
             )
         if self.mem_gb is not None and self.mem_gb <= 0:
             raise ConfigError("--mem-gb must be positive")
@@ -412,6 +419,7 @@ class SlurmStages:
             opts.data_dir,
             threads=opts.cpus_per_task,
             distributed=opts.distributed,
+            fuse=opts.fuse,
         )
         self.stage = 0
         self.label: str | None = None
@@ -430,8 +438,10 @@ class SlurmStages:
         return ex
 
     def chunks(self, specs: list[RunSpec]) -> list[list[RunSpec]]:
+        """One array element's specs: --runs-per-task fused groups (a group is one run without --fuse)."""
+        groups = fusion_groups(specs, self.opts.fuse, self.store)
         k = self.opts.runs_per_task
-        return [specs[i : i + k] for i in range(0, len(specs), k)]
+        return [[s for group in groups[i : i + k] for s in group] for i in range(0, len(groups), k)]
 
     def submit(self, specs: list[RunSpec], **extra) -> list:
         """One job array for these specs; returns [(job, chunk)]."""

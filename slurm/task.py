@@ -5,6 +5,8 @@ element (srun starts `ntasks` copies) unpickles them and calls `RunTask(specs)`:
 
 - plain (`distributed=False`): task i of n runs specs[i::n], one after another. With
   `--runs-per-task K` the job has K tasks sharing the job's GPU(s), so K small runs train at once.
+  With `--fuse F` the specs are first grouped (bilateral.sweep.fusion_groups) and task i of n trains
+  groups[i::n], each group of up to F runs as one fused network.
 - distributed (`distributed=True`, `--gpus-per-run N > 1`): the N tasks form one torch.distributed
   process group (from submitit's TorchDistributedEnvironment) and run the specs together.
 
@@ -45,13 +47,20 @@ class RunTask(submitit.helpers.Checkpointable):
     """The callable every Slurm task executes; picklable, and resubmitted unchanged on requeue."""
 
     def __init__(
-        self, store_root: str, device: str, data_dir: str, threads: int = 1, distributed: bool = False
+        self,
+        store_root: str,
+        device: str,
+        data_dir: str,
+        threads: int = 1,
+        distributed: bool = False,
+        fuse: int = 1,
     ):
         self.store_root = str(store_root)
         self.device = device
         self.data_dir = str(data_dir)
         self.threads = max(1, int(threads))
         self.distributed = distributed
+        self.fuse = fuse
 
     def __call__(self, specs: list[RunSpec], run_ids: list[str] | None = None) -> dict[str, str | None]:
         """Run this task's share of specs; run_ids are the ids the driver gave them (checked here)."""
@@ -74,39 +83,41 @@ class RunTask(submitit.helpers.Checkpointable):
         pairs = list(zip(specs, run_ids or [s.run_id for s in specs], strict=True))
         if self.distributed:
             return self._run_distributed(pairs)
-        return self._run_all(pairs[env.global_rank :: env.num_tasks], self.device, writer=True)
+        return self._run_all(self._groups(pairs)[env.global_rank :: env.num_tasks], self.device, writer=True)
 
-    def _run_all(self, pairs: list[tuple[RunSpec, str]], device: str, writer: bool) -> dict[str, str | None]:
-        from bilateral.sweep import describe_failure
-        from bilateral.train import run
+    def _groups(self, pairs: list[tuple[RunSpec, str]]) -> list[list[tuple[RunSpec, str]]]:
+        """The pairs in fused groups of up to self.fuse (groups of one without --fuse), in order."""
+        from bilateral.sweep import fusion_groups
+
+        by_spec = {id(spec): (spec, run_id) for spec, run_id in pairs}
+        groups = fusion_groups([spec for spec, _ in pairs], self.fuse, SweepStore(self.store_root))
+        return [[by_spec[id(spec)] for spec in group] for group in groups]
+
+    def _run_all(
+        self, groups: list[list[tuple[RunSpec, str]]], device: str, writer: bool
+    ) -> dict[str, str | None]:
+        from bilateral.sweep import run_logged
 
         store = SweepStore(self.store_root)
         outcome: dict[str, str | None] = {}
-        for spec, run_id in pairs:
-            if spec.run_id != run_id:  # it would train into another directory than the driver expects
-                outcome[run_id] = (
-                    f"CodeChanged: this run's id is {spec.run_id} in the job but was {run_id} when it was "
-                    f"submitted: the code under {repo_root()} changed what a RunSpec holds in between. "
-                    "Rerun the sweep command so that the plan is rebuilt with the current code."
-                )
-                if writer:
-                    store.run(run_id).write_error(outcome[run_id])
-                log.error("%s", outcome[run_id])
+        for group in groups:
+            specs = []
+            for spec, run_id in group:
+                if spec.run_id != run_id:  # it would train into another directory than the driver expects
+                    outcome[run_id] = (
+                        f"CodeChanged: this run's id is {spec.run_id} in the job but was {run_id} when it "
+                        f"was submitted: the code under {repo_root()} changed what a RunSpec holds in "
+                        "between. Rerun the sweep command so that the plan is rebuilt with the current code."
+                    )
+                    if writer:
+                        store.run(run_id).write_error(outcome[run_id])
+                    log.error("%s", outcome[run_id])
+                else:
+                    specs.append(spec)
+            if not specs:
                 continue
-            try:
-                record = run(spec, store, device=device, data_dir=self.data_dir)
-                outcome[spec.run_id] = None
-                log.info(
-                    "finished %s: test fine %.4f coarse %.4f",
-                    spec.run_id,
-                    record.get("test_acc_fine", float("nan")),
-                    record.get("test_acc_coarse", float("nan")),
-                )
-            except Exception as exc:  # one broken run must not lose the others of this task
-                outcome[spec.run_id] = describe_failure(exc)
-                if writer:
-                    store.run(spec.run_id).write_error(outcome[spec.run_id])
-                log.error("run %s failed:\n%s", spec.run_id, outcome[spec.run_id])
+            errors = run_logged(specs, store, device, self.data_dir, write_errors=writer)
+            outcome.update({spec.run_id: errors.get(spec.run_id) for spec in specs})
         errors = {k: v for k, v in outcome.items() if v is not None}
         if errors:
             raise RunsFailed(errors)
@@ -138,7 +149,7 @@ class RunTask(submitit.helpers.Checkpointable):
             device,
         )
         try:
-            return self._run_all(pairs, device, writer=env.rank == 0)
+            return self._run_all([[pair] for pair in pairs], device, writer=env.rank == 0)
         finally:
             dist.destroy_process_group()
 

@@ -174,3 +174,27 @@ def test_smoke_on_real_cifar10(tmp_path):
     assert (
         summary.loc["hemisphere-coarse", "coarse_acc_mean"] > 0.8
     )  # chance 0.6 (60% animals); measured 0.90
+
+
+def test_fused_sweep_then_unfused_rerun_trains_nothing(tmp_path):
+    args = ["--models", "ensemble-top2", "train.epochs=1"]
+    proc = subprocess.run(
+        [*sweep_cmd(tmp_path, *args), "--fuse", "2"], capture_output=True, text=True, cwd=REPO
+    )
+    assert proc.returncode == 0, proc.stderr
+    store = SweepStore(tmp_path / "t")
+    pool = [r for r in store.records() if r["kind"] == "unilateral"]
+    assert len(pool) == 2 and all(r["fused_with"] == sorted(p["run_id"] for p in pool) for r in pool)
+    summary = pd.read_csv(tmp_path / "summary.csv").set_index("model")
+    assert set(summary.index) == {"unilateral", "ensemble-top2"}
+    finished = {p: p.stat().st_mtime_ns for p in (tmp_path / "t" / "runs").glob("*/record.json")}
+    assert len(finished) == 3
+
+    rerun = subprocess.run(sweep_cmd(tmp_path, *args), capture_output=True, text=True, cwd=REPO)
+    assert rerun.returncode == 0, rerun.stderr  # the same run ids: fusing is how, not what, runs train
+    assert all(p.stat().st_mtime_ns == t for p, t in finished.items())
+
+    bad = subprocess.run(
+        [*sweep_cmd(tmp_path, *args), "--fuse", "0"], capture_output=True, text=True, cwd=REPO
+    )
+    assert bad.returncode == 2 and "--fuse 0" in bad.stderr

@@ -83,11 +83,19 @@ def _fuse_into(target: nn.Module, modules: Sequence[nn.Module]) -> None:
 
 
 def fuse(models: Sequence[nn.Module]) -> nn.Module:
-    """One network computing the K models: input (B, K*3, H, W), every output (B, K*classes)."""
+    """One network computing the K models: input (B, K*3, H, W), every output (B, K*classes).
+
+    Frozen parameters stay frozen (bilateral-specialised: only the heads train) and module
+    attributes such as a frozen hemisphere's eval mode carry over from the first model.
+    """
     if len({tuple((k, v.shape) for k, v in m.state_dict().items()) for m in models}) != 1:
         raise ConfigError("fused models must have the same architecture and width")
     fused = copy.deepcopy(models[0])
     _fuse_into(fused, models)
+    frozen = {name for name, p in models[0].named_parameters() if not p.requires_grad}
+    for name, p in fused.named_parameters():
+        p.requires_grad_(name not in frozen)
+    fused.train(models[0].training)
     return fused
 
 
@@ -101,18 +109,65 @@ def split_outputs(outputs: dict[str, Tensor], k: int) -> dict[str, Tensor]:
     return {h: z.reshape(len(z), k, -1).transpose(0, 1) for h, z in outputs.items()}
 
 
+def _split(whole: Tensor, like: Tensor, k: int) -> list[Tensor]:
+    """A fused tensor -> the K members' tensors shaped like `like` (one member's)."""
+    if whole.shape == like.shape:  # shared: BatchNorm's num_batches_tracked, an optimiser's step
+        return [whole.clone() for _ in range(k)]
+    if whole.dim() == like.dim() + 1:  # GroupedLinear: (K, ...)
+        return [part.clone() for part in whole]
+    return [part.clone() for part in whole.chunk(k, dim=0)]
+
+
+def _join(parts: Sequence[Tensor], like: Tensor) -> Tensor:
+    """Inverse of _split: `like` is the fused tensor (or one of the same shape)."""
+    if parts[0].shape == like.shape:
+        return parts[0].clone()
+    if like.dim() == parts[0].dim() + 1:
+        return torch.stack(list(parts))
+    return torch.cat(list(parts))
+
+
 def unfuse(fused: nn.Module, template: nn.Module, k: int) -> list[dict[str, Tensor]]:
     """The K models' state dicts (keys of `template`, an unfused model of the same architecture)."""
     fused_state = fused.state_dict()
     states: list[dict[str, Tensor]] = [{} for _ in range(k)]
     for key, value in template.state_dict().items():
-        whole = fused_state[key]
-        if key.endswith("num_batches_tracked"):
-            parts = [whole] * k
-        elif whole.dim() == value.dim() + 1:  # GroupedLinear: (K, ...)
-            parts = list(whole)
-        else:
-            parts = list(whole.chunk(k, dim=0))
-        for state, part in zip(states, parts, strict=True):
-            state[key] = part.clone()
+        for state, part in zip(states, _split(fused_state[key], value, k), strict=True):
+            state[key] = part
     return states
+
+
+def _trainable(model: nn.Module) -> list[Tensor]:
+    """The parameters an optimiser over `model` holds, in its order (bilateral.train builds it so)."""
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def unfuse_optimizer_state(state: dict, fused: nn.Module, template: nn.Module, k: int) -> list[dict]:
+    """The optimiser state_dict of the fused model -> the K state_dicts that K separate optimisers
+    (each over its own model's trainable parameters, same hyperparameters) would hold: a fused
+    run's checkpoint resumes unfused, and the other way round."""
+    params = list(zip(_trainable(fused), _trainable(template), strict=True))
+    members: list[dict] = [
+        {"state": {}, "param_groups": copy.deepcopy(state["param_groups"])} for _ in range(k)
+    ]
+    for index, per_param in state["state"].items():
+        _, like = params[index]
+        for name, value in per_param.items():
+            parts = _split(value, like, k) if torch.is_tensor(value) and value.dim() else [value] * k
+            for member, part in zip(members, parts, strict=True):
+                member["state"].setdefault(index, {})[name] = part
+    return members
+
+
+def fuse_optimizer_states(states: Sequence[dict], fused: nn.Module) -> dict:
+    """K members' optimiser state_dicts (as unfuse_optimizer_state gives) -> the fused optimiser's."""
+    params = _trainable(fused)
+    joined: dict = {"state": {}, "param_groups": copy.deepcopy(states[0]["param_groups"])}
+    for index, per_param in states[0]["state"].items():
+        joined["state"][index] = {
+            name: _join([s["state"][index][name] for s in states], params[index])
+            if torch.is_tensor(value) and value.dim()
+            else value
+            for name, value in per_param.items()
+        }
+    return joined
