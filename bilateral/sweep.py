@@ -93,16 +93,17 @@ class InProcessExecutor:
 
 
 def run_logged(
-    group: list[RunSpec], store: SweepStore, device: str, data_dir: str, **kwargs
+    group: list[RunSpec], store: SweepStore, device: str, data_dir: str, write_errors: bool = True
 ) -> dict[str, str]:
-    """run_group with each finished run logged; a failure is written to every member's error.txt
-    and returned as {run_id: error} instead of raised, so that one broken run loses no others."""
+    """run_group with each finished run logged; a failure is returned as {run_id: error} (and, when
+    write_errors, kept in each member's error.txt) instead of raised, so that it loses no other run."""
     try:
-        records = run_group(group, store, device=device, data_dir=data_dir, **kwargs)
+        records = run_group(group, store, device=device, data_dir=data_dir)
     except Exception as exc:
         error = describe_failure(exc)
-        for spec in group:
-            store.run(spec.run_id).write_error(error)
+        if write_errors:
+            for spec in group:
+                store.run(spec.run_id).write_error(error)
         log.error("run %s failed:\n%s", group_name(group), error)
         return {spec.run_id: error for spec in group}
     for record in records:

@@ -195,3 +195,21 @@ def test_killed_driver_then_rerun_skips_finished_runs(tmp_path, ray_cluster):
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert all(p.stat().st_mtime_ns == t for p, t in finished.items())
     assert len(list(runs.glob("*/record.json"))) == 2
+
+
+def test_fused_groups_run_as_one_trial_each(tmp_path, ray_cluster):
+    models = ["--models", "ensemble-top2", "--fuse", "2"]
+    sweep(tmp_path / "local", *models, "--device", "cpu")
+    sweep(tmp_path / "ray", *models, "--cluster", "ray", "--address", ray_cluster["address"])
+    local = pd.read_csv(tmp_path / "local" / "summary.csv")
+    remote = pd.read_csv(tmp_path / "ray" / "summary.csv")
+    pd.testing.assert_frame_equal(local[ACCURACY], remote[ACCURACY], atol=0.02, check_exact=False)
+    records = [json.loads(p.read_text()) for p in (tmp_path / "ray" / "t" / "runs").glob("*/record.json")]
+    pool = [r for r in records if r["kind"] == "unilateral"]
+    assert len(pool) == 4 and all(len(r["fused_with"]) == 2 for r in pool)  # 2 seeds x pool of 2
+    assert {tuple(r["fused_with"]) for r in pool} == {
+        tuple(sorted(r["run_id"] for r in pool if r["seed"] == seed)) for seed in (0, 1)
+    }
+    trials = {p.name for p in (tmp_path / "ray" / "t" / "ray").glob("stage*/*") if p.is_dir()}
+    fused_trials = {t for t in trials if t.endswith("+1")}  # <first run id>+<other members>
+    assert len(fused_trials) == 2, trials

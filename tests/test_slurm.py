@@ -189,6 +189,22 @@ def test_smoke_sweep_matches_local(slurm_cluster, tmp_path):
     assert "6 finished" in text and "COMPLETED" in text and "all runs finished" in text
 
 
+def test_fused_sweep_matches_local_fused(slurm_cluster, tmp_path):
+    """--fuse 2: the pool of 2 trains as one network in one array element, as it does locally."""
+    models = ["--models", "ensemble-top2", "--fuse", "2", "train.epochs=1"]
+    local = sweep(tmp_path / "local", *models)
+    assert local.returncode == 0, local.stderr
+    slurm = sweep(tmp_path / "slurm", *models, *ON_SLURM)
+    assert slurm.returncode == 0, slurm.stderr
+    a, b = (pd.read_csv(tmp_path / side / "t" / "runs.csv") for side in ("local", "slurm"))
+    tests = [c for c in a.columns if c.startswith("test_")]
+    pd.testing.assert_frame_equal(a[["run_id", "fused_runs", *tests]], b[["run_id", "fused_runs", *tests]])
+    assert sorted(a["fused_runs"]) == [1, 2, 2]  # the ensemble assembles; its pool trained fused
+    jobs = ledger(tmp_path / "slurm" / "t")
+    pool = [run_id for run_id in jobs if run_id.startswith("unilateral")]
+    assert len(pool) == 2 and jobs[pool[0]] == jobs[pool[1]]  # one array element for the group
+
+
 def test_requeue_resumes_from_checkpoint(slurm_cluster, tmp_path):
     """Mid-run, one job gets Slurm's USR2 (what --signal sends before the time limit, and on
     preemption: submitit checkpoints and requeues) and the other `scontrol requeue`; both resume
