@@ -31,14 +31,13 @@ from tqdm import tqdm
 import bilateral
 from bilateral.assemble import build_model
 from bilateral.data import (
-    DeviceLoader,
     HierarchicalDataset,
     load_dataset,
     stratified_subset,
     validation_split,
 )
 from bilateral.data.beton import prepare_betons, split_parts
-from bilateral.data.loaders import make_loader
+from bilateral.data.loaders import Loader, make_loader
 from bilateral.errors import CheckpointError, ConfigError
 from bilateral.experiment import RunSpec
 from bilateral.models import Ensemble, count_parameters, load_state_strict
@@ -106,7 +105,6 @@ def distributed() -> tuple[int, int]:
 
 
 EpochCallback = Callable[[dict], None]
-Loader = DeviceLoader  # or bilateral.data's FfcvLoader / TorchLoader: the same interface (make_loader)
 
 
 def run(

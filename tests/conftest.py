@@ -7,6 +7,7 @@ import pytest
 
 from bilateral.config import load_config
 from bilateral.experiment import build_plan
+from bilateral.store import RunStore
 
 REPO = Path(__file__).resolve().parents[1]
 CIFAR10_JPG = REPO.parent / "shared" / "data" / "cifar10-jpg"
@@ -55,3 +56,21 @@ def tiny_plan():
         return build_plan(tiny_config(*overrides))
 
     return make
+
+
+class Killed(BaseException):
+    """Stands in for SIGKILL right after a checkpoint was written."""
+
+
+def die_after_first_epoch(monkeypatch, run_id: str | None = None):
+    """Raise Killed right after the epoch-0 `last` checkpoint of run_id (of any run when None) is
+    written; returns the function that undoes it."""
+    save = RunStore.save_checkpoint
+
+    def save_then_die(self, name, state):
+        save(self, name, state)
+        if name == "last" and state["epoch"] == 0 and run_id in (None, self.run_id):
+            raise Killed
+
+    monkeypatch.setattr(RunStore, "save_checkpoint", save_then_die)
+    return lambda: monkeypatch.setattr(RunStore, "save_checkpoint", save)

@@ -22,8 +22,6 @@ from bilateral.data.beton import beton_dir, prepare_betons
 from bilateral.data.ffcv_loader import FfcvLoader, ReflectCropFlip, draws
 from bilateral.data.loaders import LOADERS, make_loader
 from bilateral.data.torch_loader import TorchLoader
-from bilateral.store import RunStore, SweepStore
-from bilateral.train import run
 from launch.sweep import main
 from ray_jobs import cluster
 from tests.conftest import CIFAR10_JPG, REPO, TINY
@@ -234,33 +232,6 @@ def test_ffcv_distributed_mode_gives_each_rank_its_own_samples(data, betons, mon
     every = np.sort(data.train.fine[read_sequential(betons["train"])[3]])
     np.testing.assert_array_equal(np.sort(torch.cat(labels).numpy()), every)  # together: each once
     assert not torch.equal(labels[0], labels[1][: len(labels[0])])
-
-
-class Killed(BaseException):
-    """Stands in for SIGKILL right after a checkpoint was written."""
-
-
-def test_ffcv_run_resumes_bit_identical(tmp_path, tiny_plan, monkeypatch):
-    (spec,) = tiny_plan("plan.models=[unilateral]", "data.loader=ffcv", "data.train_subset=600").runs
-    data_dir = str(tmp_path / "data")
-    full = run(spec, SweepStore(tmp_path / "full"), device="cpu", data_dir=data_dir)
-    assert list((tmp_path / "data" / "ffcv").glob("*/train.beton"))
-    save = RunStore.save_checkpoint
-
-    def save_then_die(self, name, state):
-        save(self, name, state)
-        if name == "last" and state["epoch"] == 0:
-            raise Killed
-
-    monkeypatch.setattr(RunStore, "save_checkpoint", save_then_die)
-    store = SweepStore(tmp_path / "resumed")
-    with pytest.raises(Killed):
-        run(spec, store, device="cpu", data_dir=data_dir)
-    monkeypatch.setattr(RunStore, "save_checkpoint", save)
-    resumed = run(spec, store, device="cpu", data_dir=data_dir)
-    assert resumed["resumed_from_epoch"] == 1
-    for key in ("test_acc_fine", "test_acc_coarse", "test_loss_fine", "val_score"):
-        assert resumed[key] == full[key], key
 
 
 def cifar10_sweep(out, *args):

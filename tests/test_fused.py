@@ -8,9 +8,10 @@ measured 0.9e-3 to 2.0e-3; 2 threads vs 1 thread 1.6e-3 to 1.7e-3), so runs are 
 
 import pytest
 import torch
+from torch import nn
 
 from bilateral.errors import CheckpointError, ConfigError
-from bilateral.models import UnilateralNet, build_backbone
+from bilateral.models import BilateralNet, UnilateralNet, build_backbone
 from bilateral.models.fused import (
     fuse,
     fuse_optimizer_states,
@@ -19,10 +20,10 @@ from bilateral.models.fused import (
     unfuse,
     unfuse_optimizer_state,
 )
-from bilateral.store import RunStore, SweepStore
+from bilateral.store import SweepStore
 from bilateral.sweep import fusion_groups
 from bilateral.train import loss_fn, run, run_group
-from tests.conftest import REPO
+from tests.conftest import REPO, Killed, die_after_first_epoch
 
 DATA = str(REPO / "data")
 RUN_TOL = 1e-2  # relative L2 distance of whole runs' weights (see the module docstring)
@@ -30,11 +31,17 @@ RUN_TOL = 1e-2  # relative L2 distance of whole runs' weights (see the module do
 TOL = dict(rtol=1e-4, atol=1e-5)  # float sums run in another order in the grouped kernels
 
 
-def nets(backbone: str, k: int) -> list[UnilateralNet]:
+def nets(backbone: str, k: int) -> list[nn.Module]:
+    """K nets of one architecture; "bilateral-<left>-<right>" gives bilateral nets of two backbones."""
     out = []
     for seed in range(k):
         torch.manual_seed(seed)
-        out.append(UnilateralNet(build_backbone(backbone, width=0.125), 20, 4, dropout=0.0))
+        if backbone.startswith("bilateral-"):
+            _, left, right = backbone.split("-")
+            left_net, right_net = build_backbone(left, width=0.125), build_backbone(right, width=0.125)
+            out.append(BilateralNet(left_net, right_net, 20, 4, dropout=0.0))
+        else:
+            out.append(UnilateralNet(build_backbone(backbone, width=0.125), 20, 4, dropout=0.0))
     return out
 
 
@@ -45,7 +52,7 @@ def batches(k: int, b: int = 8):
     return xs, fines, [f // 5 for f in fines]
 
 
-@pytest.mark.parametrize("backbone", ["resnet9", "vgg11"])
+@pytest.mark.parametrize("backbone", ["resnet9", "vgg11", "resnet18", "bilateral-resnet9-vgg11"])
 def test_fused_forward_equals_separate(backbone):
     models = nets(backbone, 3)
     fused = fuse(models)
@@ -153,25 +160,14 @@ def test_fused_runs_equal_separate_runs(tmp_path, tiny_plan):
     assert _relative_distance(*(_last(tmp_path / "apart", s.run_id)["model"] for s in specs)) > 0.1
 
 
-class Killed(BaseException):
-    """Stands in for SIGKILL right after the last member's epoch-0 checkpoint was written."""
-
-
 def test_fused_group_resumes_exactly_and_its_checkpoints_resume_apart(tmp_path, tiny_plan, monkeypatch):
     specs = pool(tiny_plan, "train.epochs=3")
     full = run_group(specs, SweepStore(tmp_path / "full"), device="cpu", data_dir=DATA)
-    save = RunStore.save_checkpoint
-
-    def save_then_die(self, name, state):
-        save(self, name, state)
-        if name == "last" and state["epoch"] == 0 and self.run_id == specs[-1].run_id:
-            raise Killed
-
-    monkeypatch.setattr(RunStore, "save_checkpoint", save_then_die)
+    undo = die_after_first_epoch(monkeypatch, specs[-1].run_id)  # every member has saved epoch 0
     for name in ("resumed", "apart"):
         with pytest.raises(Killed):
             run_group(specs, SweepStore(tmp_path / name), device="cpu", data_dir=DATA)
-    monkeypatch.setattr(RunStore, "save_checkpoint", save)
+    undo()
 
     resumed = run_group(specs, SweepStore(tmp_path / "resumed"), device="cpu", data_dir=DATA)
     for spec, r, f in zip(specs, resumed, full, strict=True):

@@ -4,13 +4,9 @@ import torch
 
 from bilateral.errors import CheckpointError
 from bilateral.models import build_backbone
-from bilateral.store import RunStore, SweepStore
+from bilateral.store import SweepStore
 from bilateral.train import load_data, make_splits, run
-from tests.conftest import REPO
-
-
-class Killed(BaseException):
-    """Stands in for SIGKILL right after a checkpoint was written."""
+from tests.conftest import REPO, Killed, die_after_first_epoch
 
 
 def only(plan, kind):
@@ -52,25 +48,20 @@ def test_validation_is_held_out_of_train(tiny_plan):
     assert len(splits.val) == 200 and len(splits.train) == 1000 and len(splits.test) == 400
 
 
-def test_resume_ends_identical_to_uninterrupted(tmp_path, tiny_plan, monkeypatch):
-    spec = only(
-        tiny_plan("plan.models=[bilateral-unspecialised]", "train.epochs=3"), "bilateral-unspecialised"
-    )
+@pytest.mark.parametrize(
+    "loader, kind",
+    [("memory", "bilateral-unspecialised"), ("ffcv", "unilateral")],  # FFCV: its own epoch-seeded stream
+)
+def test_resume_ends_identical_to_uninterrupted(tmp_path, tiny_plan, monkeypatch, loader, kind):
+    spec = only(tiny_plan(f"plan.models=[{kind}]", f"data.loader={loader}", "train.epochs=3"), kind)
     full = run(spec, SweepStore(tmp_path / "full"), device="cpu", data_dir=str(REPO / "data"))
 
-    save = RunStore.save_checkpoint
-
-    def save_then_die(self, name, state):
-        save(self, name, state)
-        if name == "last" and state["epoch"] == 0:
-            raise Killed
-
-    monkeypatch.setattr(RunStore, "save_checkpoint", save_then_die)
+    undo = die_after_first_epoch(monkeypatch)
     store = SweepStore(tmp_path / "resumed")
     with pytest.raises(Killed):
         run(spec, store, device="cpu", data_dir=str(REPO / "data"))
     assert not store.run(spec.run_id).is_finished()
-    monkeypatch.setattr(RunStore, "save_checkpoint", save)
+    undo()
     resumed = run(spec, store, device="cpu", data_dir=str(REPO / "data"))
 
     assert resumed["resumed_from_epoch"] == 1 and full["resumed_from_epoch"] is None

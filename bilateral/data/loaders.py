@@ -9,8 +9,9 @@ global batch (memory; missing attribute = False), which the training loop then s
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -20,6 +21,18 @@ from bilateral.data.loader import DeviceLoader
 from bilateral.errors import ConfigError
 
 LOADERS = ("memory", "ffcv", "torch")
+
+
+class Loader(Protocol):
+    """What the training loop needs of a loader; make_loader returns one of the three."""
+
+    batch_size: int
+
+    def set_epoch(self, epoch: int) -> None: ...
+
+    def __len__(self) -> int: ...
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]: ...
 
 
 def make_loader(
@@ -38,7 +51,7 @@ def make_loader(
     workers: int | None = None,
     rank: int = 0,
     world: int = 1,
-):
+) -> Loader:
     """A loader of split[indices]; ffcv reads the same samples from `beton` (bilateral.data.beton).
 
     rank and world > 1 (training loaders inside torch.distributed) make ffcv and torch load only

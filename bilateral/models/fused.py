@@ -4,8 +4,10 @@ A Conv2d(in, out, groups=g) of each model becomes one Conv2d(K*in, K*out, groups
 BatchNorm2d(C) one BatchNorm2d(K*C), a Linear one batched matmul; pooling, ReLU, residual sums
 and dropout act per channel already. Model k reads input channels [3k, 3k+3), i.e. its own batch,
 so the fused net computes exactly what the K models compute apart, in one pass of large kernels:
-what a small CPU-sized (or GPU-wasting) network needs. Losses add up per model, and Adam / SGD act
-per element, so one optimiser over the fused parameters trains the K models as K optimisers would.
+what a small CPU-sized (or GPU-wasting) network needs. A net that concatenates channels of two
+branches (BilateralNet) has a `fused_members` attribute, set to K here, to concatenate per model.
+Losses add up per model, and Adam / SGD act per element, so one optimiser over the fused
+parameters trains the K models as K optimisers would.
 """
 
 from __future__ import annotations
@@ -92,6 +94,9 @@ def fuse(models: Sequence[nn.Module]) -> nn.Module:
         raise ConfigError("fused models must have the same architecture and width")
     fused = copy.deepcopy(models[0])
     _fuse_into(fused, models)
+    for module in fused.modules():  # nets that mix channels across layers keep the K blocks apart
+        if hasattr(module, "fused_members"):
+            module.fused_members = len(models)
     frozen = {name for name, p in models[0].named_parameters() if not p.requires_grad}
     for name, p in fused.named_parameters():
         p.requires_grad_(name not in frozen)

@@ -62,6 +62,7 @@ class BilateralNet(nn.Module):
         self.right = right
         self.heads = _heads(_out_dim(left) + _out_dim(right), num_fine, num_coarse, dropout)
         self._hemispheres_in_eval = False
+        self.fused_members = 1  # K when bilateral.models.fused.fuse made this net hold K nets side by side
 
     def freeze_hemispheres(self, update_bn_stats: bool = False) -> None:
         """Stop training the hemispheres: only the heads learn (the paper's specialised model).
@@ -91,7 +92,10 @@ class BilateralNet(nn.Module):
         return self.right(x)
 
     def features(self, x: Tensor) -> Tensor:
-        return torch.cat([self.left_features(x), self.right_features(x)], dim=1)
+        """[left, right] per net: fused, the K nets' features stay in K contiguous blocks."""
+        left, right = self.left_features(x), self.right_features(x)
+        k = self.fused_members
+        return torch.cat([left.reshape(len(x), k, -1), right.reshape(len(x), k, -1)], dim=2).flatten(1)
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         z = self.features(x)
