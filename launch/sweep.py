@@ -25,7 +25,7 @@ from bilateral.errors import BilateralError, ConfigError
 from bilateral.experiment import Plan, build_plan
 from bilateral.report import markdown, paired_differences, runs_table, summarize, write_report
 from bilateral.store import SweepStore
-from bilateral.sweep import InProcessExecutor, run_sweep
+from bilateral.sweep import InProcessExecutor, fusion_groups, group_name, run_sweep
 
 log = logging.getLogger("sweep")
 
@@ -145,11 +145,15 @@ def main(argv: list[str]) -> int:
         raise ConfigError(f"--fuse {args.fuse}: give the number of runs to train as one network, 1 or more")
     cfg = resolve_config(args)
     plan = build_plan(cfg)
+    store = SweepStore(Path(cfg.out) / cfg.name)
     if args.dry_run:
-        print(f"sweep {cfg.name} -> {Path(cfg.out) / cfg.name}\n{plan.describe()}")
+        print(f"sweep {cfg.name} -> {store.root}\n{plan.describe()}")
+        if args.fuse > 1:
+            for number, stage in enumerate(plan.stages):
+                groups = [group_name(g) for g in fusion_groups(stage, args.fuse, store)]
+                print(f"stage {number} with --fuse {args.fuse}: {len(groups)} trainings: {', '.join(groups)}")
         return 0
     preflight(cfg, plan)
-    store = SweepStore(Path(cfg.out) / cfg.name)
     store.write_plan(to_dict(cfg), plan.runs)
     log.info("sweep %s: %d runs in %d stages -> %s", cfg.name, len(plan.runs), len(plan.stages), store.root)
     failed = BACKENDS[args.cluster]().run(args, cfg, plan, store)

@@ -29,6 +29,10 @@ def test_dry_run_prints_stages(capsys):
     out = capsys.readouterr().out
     assert "stage 0:" in out and "stage 1:" in out and "bilateral-specialised-resnet9-s1" in out
     assert "total: 20 runs" in out  # 10 per seed with a pool of 2 and ensembles top-1, top-2
+    assert main(["--dry-run", "--seeds", "0,1", "--fuse", "4", *TINY]) == 0
+    out = capsys.readouterr().out  # 6 kinds x 2 seeds; the pool of 2 x 2 seeds is one group
+    assert "stage 0 with --fuse 4: 6 trainings" in out and "stage 1 with --fuse 4: 5 trainings" in out
+    assert "unilateral-resnet9-s0-" in out and "+3" in out
 
 
 @pytest.mark.parametrize(

@@ -143,8 +143,13 @@ def pool(tiny_plan, *overrides: str):
     return [s for s in plan.runs if s.kind == "unilateral"]
 
 
-def test_fused_runs_equal_separate_runs(tmp_path, tiny_plan):
-    specs = pool(tiny_plan, "optim.name=sgd", "optim.lr=0.01", "train.epochs=1")
+@pytest.mark.parametrize("kind", ["unilateral", "bilateral-unspecialised"])
+def test_fused_runs_equal_separate_runs(tmp_path, tiny_plan, kind):
+    sgd = ("optim.name=sgd", "optim.lr=0.01", "train.epochs=1")
+    if kind == "unilateral":
+        specs = pool(tiny_plan, *sgd)
+    else:  # two seeds of the bilateral net: features of two hemispheres concatenated per member
+        specs = tiny_plan(f"plan.models=[{kind}]", "plan.seeds=[0,1]", "model.dropout=0", *sgd).runs
     fused = run_group(specs, SweepStore(tmp_path / "fused"), device="cpu", data_dir=DATA)
     apart = [run(s, SweepStore(tmp_path / "apart"), device="cpu", data_dir=DATA) for s in specs]
     for spec, f, a in zip(specs, fused, apart, strict=True):
