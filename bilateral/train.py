@@ -201,8 +201,13 @@ def _run_unfinished(specs, store, device, data_dir, on_epoch) -> list[dict]:
     val = loader("val", data.train, splits.val, False, spec.train.eval_batch_size)
     test = loader("test", data.test, splits.test, False, spec.train.eval_batch_size)
     if spec.trains:
-        trains = [
-            loader("train", data.train, splits.train, True, s.train.batch_size, s.init_seed) for s in specs
+        first = loader("train", data.train, splits.train, True, spec.train.batch_size, spec.init_seed)
+        reseeded = getattr(first, "with_seed", None)  # the memory loader: fused runs share its tensors
+        trains = [first] + [
+            reseeded(s.init_seed)
+            if reseeded
+            else loader("train", data.train, splits.train, True, s.train.batch_size, s.init_seed)
+            for s in specs[1:]
         ]
         trained = _train(specs, store, data, trains, val, dev, on_epoch)
     else:

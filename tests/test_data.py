@@ -369,6 +369,15 @@ def test_train_loader_is_a_function_of_seed_and_epoch():
     assert len(_loader(split, batch_size=500)) == 1  # fewer samples than a batch: one short batch
 
 
+def test_reseeded_loader_equals_a_new_one_and_shares_its_tensors():
+    split = _split()
+    base = _loader(split, seed=3)
+    reseeded, fresh = base.with_seed(4), _loader(split, seed=4)
+    for (x1, f1, _), (x2, f2, _) in zip(_epoch(reseeded, 5), _epoch(fresh, 5), strict=True):
+        assert torch.equal(x1, x2) and torch.equal(f1, f2)
+    assert reseeded.images.data_ptr() == base.images.data_ptr() and base.seed == 3
+
+
 def test_eval_loader_covers_every_index_once_in_order():
     split = _split()
     indices = np.arange(1, 100, 3)

@@ -324,7 +324,7 @@ def test_task_refuses_a_spec_whose_id_changed_since_submission(tmp_path, tiny_pl
     spec = tiny_plan("plan.models=[unilateral]").runs[0]
     task = RunTask(str(tmp_path), "cpu", str(REPO / "data"))
     with pytest.raises(RunsFailed, match="CodeChanged"):
-        task._run_all([(spec, "unilateral-resnet9-s0-00000000")], "cpu", writer=True)
+        task._run_all([[(spec, "unilateral-resnet9-s0-00000000")]], "cpu", writer=True)  # one group
     assert (
         "changed what a RunSpec holds"
         in (tmp_path / "runs" / "unilateral-resnet9-s0-00000000" / "error.txt").read_text()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -59,6 +60,13 @@ class DeviceLoader:
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+
+    def with_seed(self, seed: int) -> DeviceLoader:
+        """The same split with another data order and augmentation, sharing the device tensors
+        (K fused runs hold one copy of the training set, not K)."""
+        other = copy.copy(self)
+        other.seed, other.epoch = seed, 0
+        return other
 
     def __len__(self) -> int:
         n, bs = self.num_samples, self.batch_size
