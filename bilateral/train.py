@@ -37,6 +37,7 @@ from bilateral.data import (
     validation_split,
 )
 from bilateral.data.beton import prepare_betons, split_parts
+from bilateral.data.loader import LoaderOptions
 from bilateral.data.loaders import Loader, make_loader
 from bilateral.errors import CheckpointError, ConfigError
 from bilateral.experiment import RunSpec
@@ -186,13 +187,7 @@ def _run_unfinished(specs, store, device, data_dir, on_epoch) -> list[dict]:
             spec.data.loader,
             split,
             indices,
-            batch_size,
-            dev,
-            mean,
-            std,
-            train=train,
-            seed=seed,
-            channels_last=spec.train.channels_last,
+            LoaderOptions(batch_size, dev, mean, std, train, seed, spec.train.channels_last),
             beton=betons.get(part),
             rank=rank,
             world=world if train else 1,  # every rank evaluates the whole val and test splits

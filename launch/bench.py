@@ -56,6 +56,7 @@ from tabulate import tabulate
 from bilateral.assemble import build_model
 from bilateral.config import load_config
 from bilateral.data.beton import prepare_betons
+from bilateral.data.loader import LoaderOptions
 from bilateral.data.loaders import LOADERS, make_loader
 from bilateral.data.split import stratified_subset
 from bilateral.experiment import build_plan
@@ -101,10 +102,8 @@ def bench_loaders(args: argparse.Namespace) -> int:
     )
     rows = []
     for kind in kinds:  # torch first: its worker processes fork before numba starts threads
-        loader = make_loader(
-            kind, split, indices, args.batch_size, device, mean, std, train=True, seed=0,
-            beton=beton, workers=args.workers,
-        )  # fmt: skip
+        opts = LoaderOptions(args.batch_size, device, mean, std, train=True, seed=0)
+        loader = make_loader(kind, split, indices, opts, beton=beton, workers=args.workers)
         warm, _ = epoch_seconds(loader, 0, device)
         seconds, images = 0.0, 0
         for epoch in range(1, args.epochs + 1):
@@ -170,10 +169,16 @@ def _train_rate(
     if variant["loader"] == "ffcv":
         beton = prepare_betons(data, {"train": ("train", indices)}, args.data_dir)["train"]
     loaders = [
-        make_loader(variant["loader"], data.train, indices, args.batch_size, device, mean, std, train=True,
-                    seed=seed, channels_last=channels_last, beton=beton, workers=args.workers)
+        make_loader(
+            variant["loader"],
+            data.train,
+            indices,
+            LoaderOptions(args.batch_size, device, mean, std, True, seed, channels_last),
+            beton=beton,
+            workers=args.workers,
+        )
         for seed in range(max(k, 1))
-    ]  # fmt: skip
+    ]
     autocast = (
         torch.autocast(device.type, dtype=torch.bfloat16) if variant.get("bf16") else contextlib.nullcontext()
     )

@@ -17,6 +17,7 @@ from bilateral.data import (
     DeviceLoader,
     HierarchicalDataset,
     HierarchicalSplit,
+    LoaderOptions,
     augment_batch,
     fine_to_coarse_from_map,
     folders,
@@ -342,11 +343,9 @@ def _split(n: int = 100) -> HierarchicalSplit:
     return HierarchicalSplit(images=images, fine=ids, coarse=ids % 2)
 
 
-def _loader(split: HierarchicalSplit, **kwargs) -> DeviceLoader:
-    args = dict(
-        indices=None, batch_size=32, device="cpu", mean=(0.5,) * 3, std=(0.25,) * 3, train=True, seed=3
-    )
-    return DeviceLoader(split, **{**args, **kwargs})
+def _loader(split: HierarchicalSplit, indices: np.ndarray | None = None, **kwargs) -> DeviceLoader:
+    args = dict(batch_size=32, device="cpu", mean=(0.5,) * 3, std=(0.25,) * 3, train=True, seed=3)
+    return DeviceLoader(split, indices, LoaderOptions(**{**args, **kwargs}))
 
 
 def _epoch(loader: DeviceLoader, epoch: int) -> list:

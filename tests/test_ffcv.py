@@ -20,6 +20,7 @@ from scipy.stats import chisquare
 from bilateral.data import DeviceLoader, load_dataset, normalize
 from bilateral.data.beton import beton_dir, prepare_betons
 from bilateral.data.ffcv_loader import FfcvLoader, ReflectCropFlip, draws
+from bilateral.data.loader import LoaderOptions
 from bilateral.data.loaders import LOADERS, make_loader
 from bilateral.data.torch_loader import TorchLoader
 from launch.sweep import main
@@ -153,7 +154,7 @@ def test_reflect_crop_flip_takes_windows_of_the_reflect_padded_image(data, parts
 
 def test_ffcv_train_loader_statistics_and_determinism(data, betons):
     mean, std = data.mean_std()
-    loader = FfcvLoader(betons["train"], 256, "cpu", mean, std, train=True, seed=SEED)
+    loader = FfcvLoader(betons["train"], LoaderOptions(256, "cpu", mean, std, train=True, seed=SEED))
     assert len(loader) == 1500 // 256 and loader.num_samples == 1500 and loader.batch_size == 256
     loader.set_epoch(1)
     batches = list(loader)
@@ -168,7 +169,7 @@ def test_ffcv_train_loader_statistics_and_determinism(data, betons):
     assert all(torch.equal(a, b) for a, b in zip(again, batches[0], strict=True))
     loader.set_epoch(2)
     assert not torch.equal(next(iter(loader))[1], batches[0][1])  # another order
-    other = FfcvLoader(betons["train"], 256, "cpu", mean, std, train=True, seed=SEED + 1)
+    other = FfcvLoader(betons["train"], LoaderOptions(256, "cpu", mean, std, train=True, seed=SEED + 1))
     other.set_epoch(1)
     assert not torch.equal(next(iter(other))[0], batches[0][0])
 
@@ -181,13 +182,16 @@ def test_the_three_loaders_share_one_interface(data, parts, betons):
     )
     for kind in LOADERS:
         common = dict(beton=betons["train"], workers=2)
-        evaluate = make_loader(kind, data.train, indices, 512, "cpu", mean, std, False, SEED, **common)
+        evaluate = make_loader(
+            kind, data.train, indices, LoaderOptions(512, "cpu", mean, std, False, SEED), **common
+        )
         assert len(evaluate) == 3 and evaluate.num_samples == 1500 and evaluate.batch_size == 512
         x, fine, coarse = (torch.cat(column) for column in zip(*evaluate, strict=True))
         torch.testing.assert_close(x, expected, atol=1e-5, rtol=0)  # the same samples, in order
         assert torch.equal(fine, torch.from_numpy(data.train.fine[indices]))
         assert torch.equal(coarse, torch.from_numpy(data.train.coarse[indices]))
-        train = make_loader(kind, data.train, indices, 256, "cpu", mean, std, True, SEED, True, **common)
+        opts = LoaderOptions(256, "cpu", mean, std, True, SEED, channels_last=True)
+        train = make_loader(kind, data.train, indices, opts, **common)
         train.set_epoch(0)
         shapes = [(tuple(x.shape), x.dtype, f.dtype) for x, f, _ in train]
         assert len(train) == 5 and shapes == [((256, 3, 32, 32), torch.float32, torch.int64)] * 5
@@ -198,19 +202,17 @@ def test_the_three_loaders_share_one_interface(data, parts, betons):
 def test_torch_loader_is_seeded_per_sample_and_shards_like_the_memory_loader(data):
     mean, std = data.mean_std()
     idx = np.arange(1000)
-    one = [TorchLoader(data.train, idx, 100, "cpu", mean, std, True, SEED, workers=w) for w in (0, 2)]
+    opts = LoaderOptions(100, "cpu", mean, std, True, SEED)
+    one = [TorchLoader(data.train, idx, opts, workers=w) for w in (0, 2)]
     for loader in one:
         loader.set_epoch(3)
     state = torch.get_rng_state()
     assert torch.equal(next(iter(one[0]))[0], next(iter(one[1]))[0])  # whatever the workers
     assert torch.equal(torch.get_rng_state(), state)  # the caller's generator is untouched
-    memory = DeviceLoader(data.train, idx, 100, "cpu", mean, std, True, SEED)
+    memory = DeviceLoader(data.train, idx, opts)
     memory.set_epoch(3)
     fine = next(iter(memory))[1]
-    shares = [
-        TorchLoader(data.train, idx, 100, "cpu", mean, std, True, SEED, workers=0, rank=r, world=2)
-        for r in (0, 1)
-    ]
+    shares = [TorchLoader(data.train, idx, opts, workers=0, rank=r, world=2) for r in (0, 1)]
     for share in shares:
         share.set_epoch(3)
         assert share.per_rank and share.batch_size == 100 and len(share) == 10
@@ -223,7 +225,9 @@ def test_ffcv_distributed_mode_gives_each_rank_its_own_samples(data, betons, mon
     labels = []
     for rank in (0, 1):
         monkeypatch.setattr(torch.distributed, "get_rank", lambda *a, r=rank: r)
-        loader = FfcvLoader(betons["train"], 300, "cpu", mean, std, True, SEED, distributed=True)
+        loader = FfcvLoader(
+            betons["train"], LoaderOptions(300, "cpu", mean, std, True, SEED), distributed=True
+        )
         assert loader.per_rank and loader.batch_size == 300 and len(loader) == 5  # 750 samples a rank
         loader.set_epoch(0)
         batches = list(loader)

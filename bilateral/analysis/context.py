@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from bilateral.assemble import build_model
-from bilateral.data import DeviceLoader, HierarchicalDataset, normalize
+from bilateral.data import DeviceLoader, HierarchicalDataset, LoaderOptions, normalize
 from bilateral.errors import BilateralError
 from bilateral.experiment import RunSpec
 from bilateral.models import load_state_strict
@@ -185,15 +185,8 @@ class SweepContext:
         data = self.data(run)
         mean, std = data.mean_std()
         spec = self.spec(run)
-        return DeviceLoader(
-            data.test,
-            self.predictions(run.run_id)["test_index"],
-            batch_size or spec.train.eval_batch_size,
-            self.device,
-            mean,
-            std,
-            train=False,
-        )
+        opts = LoaderOptions(batch_size or spec.train.eval_batch_size, self.device, mean, std, train=False)
+        return DeviceLoader(data.test, self.predictions(run.run_id)["test_index"], opts)
 
     def test_images(self, run: RunStore, positions: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
         """(normalised input batch, uint8 HWC images) of the given positions in the test subset."""

@@ -12,7 +12,7 @@ one-element array that the code reads at run time (set_epoch writes it), so noth
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -31,6 +31,7 @@ from numba.core import cgutils, types
 from numba.extending import intrinsic
 
 from bilateral.data.augment import normalize
+from bilateral.data.loader import LoaderOptions
 from bilateral.errors import ConfigError
 
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
@@ -144,28 +145,21 @@ class FfcvLoader:
     def __init__(
         self,
         path: str | Path,
-        batch_size: int,
-        device: torch.device | str,
-        mean: Sequence[float],
-        std: Sequence[float],
-        train: bool,
-        seed: int = 0,
-        channels_last: bool = False,
+        opts: LoaderOptions,
         workers: int | None = None,
         distributed: bool = False,
         padding: int = 4,
     ) -> None:
-        if batch_size < 1:
-            raise ConfigError(f"batch size {batch_size} must be at least 1. Fix: raise it.")
+        batch_size, mean, std, train, seed = opts.batch_size, opts.mean, opts.std, opts.train, opts.seed
         world = torch.distributed.get_world_size() if distributed else 1
         if batch_size % world:
             raise ConfigError(f"batch size {batch_size} does not split over {world} DDP workers")
-        self.device = torch.device(device)
+        self.device = torch.device(opts.device)
         self.batch_size = batch_size
         self.train = train
         self.seed = seed
         self.per_rank = distributed
-        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.memory_format = torch.channels_last if opts.channels_last else torch.contiguous_format
         self.epoch = 0
         self.mean = torch.tensor(mean, dtype=torch.float32, device=self.device)
         self.std = torch.tensor(std, dtype=torch.float32, device=self.device)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -13,6 +14,24 @@ from bilateral.data.hierarchy import HierarchicalSplit
 from bilateral.errors import ConfigError
 
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class LoaderOptions:
+    """How every loader (memory, ffcv, torch) batches a split: the same options give the same
+    samples, order and augmentation from each of them."""
+
+    batch_size: int  # the global batch: a DDP rank's share is batch_size / world
+    device: torch.device | str
+    mean: Sequence[float]  # per channel, in [0, 1] units
+    std: Sequence[float]
+    train: bool  # shuffle, augment, drop the last incomplete batch
+    seed: int = 0  # data order and augmentation of epoch e are a function of (seed, e)
+    channels_last: bool = False
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ConfigError(f"batch size {self.batch_size} must be at least 1. Fix: raise it.")
 
 
 class DeviceLoader:
@@ -25,32 +44,19 @@ class DeviceLoader:
     (seed, e), so a resumed run replays the same batches without saving generator state.
     """
 
-    def __init__(
-        self,
-        split: HierarchicalSplit,
-        indices: np.ndarray | None,
-        batch_size: int,
-        device: torch.device | str,
-        mean: Sequence[float],
-        std: Sequence[float],
-        train: bool,
-        seed: int = 0,
-        channels_last: bool = False,
-    ) -> None:
-        if batch_size < 1:
-            raise ConfigError(f"batch size {batch_size} must be at least 1. Fix: raise it.")
+    def __init__(self, split: HierarchicalSplit, indices: np.ndarray | None, opts: LoaderOptions) -> None:
         select = slice(None) if indices is None else np.asarray(indices, dtype=np.int64)
-        self.device = torch.device(device)
+        self.device = torch.device(opts.device)
         self.images = torch.from_numpy(split.images[select]).permute(0, 3, 1, 2).contiguous()
         self.images = self.images.to(self.device)
         self.fine = torch.from_numpy(split.fine[select]).to(self.device)
         self.coarse = torch.from_numpy(split.coarse[select]).to(self.device)
-        self.mean = torch.tensor(mean, dtype=torch.float32, device=self.device)
-        self.std = torch.tensor(std, dtype=torch.float32, device=self.device)
-        self.batch_size = batch_size
-        self.train = train
-        self.seed = seed
-        self.channels_last = channels_last
+        self.mean = torch.tensor(opts.mean, dtype=torch.float32, device=self.device)
+        self.std = torch.tensor(opts.std, dtype=torch.float32, device=self.device)
+        self.batch_size = opts.batch_size
+        self.train = opts.train
+        self.seed = opts.seed
+        self.channels_last = opts.channels_last
         self.epoch = 0
 
     @property

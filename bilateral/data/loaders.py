@@ -9,7 +9,7 @@ global batch (memory; missing attribute = False), which the training loop then s
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Protocol
 
@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from bilateral.data.hierarchy import HierarchicalSplit
-from bilateral.data.loader import DeviceLoader
+from bilateral.data.loader import DeviceLoader, LoaderOptions
 from bilateral.errors import ConfigError
 
 LOADERS = ("memory", "ffcv", "torch")
@@ -39,13 +39,7 @@ def make_loader(
     kind: str,
     split: HierarchicalSplit,
     indices: np.ndarray | None,
-    batch_size: int,
-    device: torch.device | str,
-    mean: Sequence[float],
-    std: Sequence[float],
-    train: bool,
-    seed: int = 0,
-    channels_last: bool = False,
+    opts: LoaderOptions,
     *,
     beton: str | Path | None = None,
     workers: int | None = None,
@@ -58,21 +52,17 @@ def make_loader(
     this rank's samples. workers: FFCV threads or DataLoader processes (default: torch's threads).
     """
     if kind == "memory":
-        return DeviceLoader(split, indices, batch_size, device, mean, std, train, seed, channels_last)
+        return DeviceLoader(split, indices, opts)
     if kind == "torch":
         from bilateral.data.torch_loader import TorchLoader
 
-        return TorchLoader(
-            split, indices, batch_size, device, mean, std, train, seed, channels_last, workers, rank, world
-        )
+        return TorchLoader(split, indices, opts, workers, rank, world)
     if kind == "ffcv":
         if beton is None:
             raise ConfigError("the ffcv loader needs the .beton file of the split (bilateral.data.beton)")
         from bilateral.data.ffcv_loader import FfcvLoader
 
-        loader = FfcvLoader(
-            beton, batch_size, device, mean, std, train, seed, channels_last, workers, distributed=world > 1
-        )
+        loader = FfcvLoader(beton, opts, workers, distributed=world > 1)
         expected = len(split) if indices is None else len(indices)
         if loader.num_samples != expected:
             raise ConfigError(

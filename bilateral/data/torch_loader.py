@@ -10,7 +10,7 @@ workers, and the caller's random state is never touched.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, Dataset, get_worker_info
 from torchvision import transforms
 
 from bilateral.data.hierarchy import HierarchicalSplit
+from bilateral.data.loader import LoaderOptions
 from bilateral.errors import ConfigError
 
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
@@ -110,30 +111,23 @@ class TorchLoader:
         self,
         split: HierarchicalSplit,
         indices: np.ndarray | None,
-        batch_size: int,
-        device: torch.device | str,
-        mean: Sequence[float],
-        std: Sequence[float],
-        train: bool,
-        seed: int = 0,
-        channels_last: bool = False,
+        opts: LoaderOptions,
         workers: int | None = None,
         rank: int = 0,
         world: int = 1,
     ) -> None:
-        if batch_size < 1 or batch_size % world:
-            raise ConfigError(
-                f"batch size {batch_size} must be a positive multiple of the {world} DDP workers"
-            )
+        batch_size, seed = opts.batch_size, opts.seed
+        if batch_size % world:
+            raise ConfigError(f"batch size {batch_size} must be a multiple of the {world} DDP workers")
         indices = np.arange(len(split)) if indices is None else np.asarray(indices, dtype=np.int64)
-        self.device = torch.device(device)
-        self.batch_size, self.train, self.per_rank = batch_size, train, world > 1
-        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.device = torch.device(opts.device)
+        self.batch_size, self.train, self.per_rank = batch_size, opts.train, world > 1
+        self.memory_format = torch.channels_last if opts.channels_last else torch.contiguous_format
         self.num_samples = len(indices)
-        self.batches = Batches(len(indices), batch_size, train, seed, rank, world)
+        self.batches = Batches(len(indices), batch_size, opts.train, seed, rank, world)
         workers = torch.get_num_threads() if workers is None else workers
         self.loader = DataLoader(
-            _Images(split, indices, mean, std, seed),
+            _Images(split, indices, opts.mean, opts.std, seed),
             batch_sampler=self.batches,
             num_workers=workers,
             pin_memory=self.device.type == "cuda",
