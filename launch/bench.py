@@ -16,7 +16,8 @@ starts its workers), then --epochs timed epochs. The ratio column is against the
 train: training images/s and step time of one ResNet-9 (both heads, Adam, batch 256) for: the
 plain baseline (torch DataLoader over PIL images with per-image transforms, fp32), the
 device-resident memory path, FFCV, each with channels_last / bf16 / torch.compile where asked,
-and fused training of K = 1, 4, 10 models as one network; ratios to the baseline; and the wall
+and fused training of K = 1, 4, 10 models as one network; ratios to the baseline; the achieved
+TFLOP/s (6 x multiply-accumulates per image: compare with the device's peak); and the wall
 time the `fast` and `paper` presets would take on this device at this width (a projection from
 the best single-model rate, scaled by each run's forward cost). On a CPU the default width is 1/4
 so the benchmark finishes in a few minutes; on a GPU it is the paper's width 1.
@@ -259,9 +260,11 @@ def bench_train(args: argparse.Namespace) -> int:
         variants.append({"name": "memory + compile", "loader": "memory", "compile": True})
     variants.append({"name": "ffcv", "loader": "ffcv"})
     variants += [{"name": f"memory, fused K={k}", "loader": "memory", "fuse": k} for k in args.fuse]
+    # a training step costs about 3 forward passes (backward: gradients of inputs and of weights)
+    gflop = 6 * _macs(UnilateralNet(build_backbone("resnet9", width), data.num_fine, data.num_coarse)) / 1e9
     print(f"{data.name}: ResNet-9 width {width} ({count_parameters(build_backbone('resnet9', width)):,} "
-          f"backbone parameters), batch {args.batch_size} per model, Adam, device {device}, "
-          f"{args.warmup} warm-up + {args.steps} timed steps")  # fmt: skip
+          f"backbone parameters, {gflop:.2f} GFLOP per image forward + backward), batch {args.batch_size} "
+          f"per model, Adam, device {device}, {args.warmup} warm-up + {args.steps} timed steps")  # fmt: skip
     rows = []
     for variant in variants:
         rate, ms = _train_rate(variant, args, data, indices, device, width)
@@ -271,6 +274,7 @@ def bench_train(args: argparse.Namespace) -> int:
     best = max(r["images/s"] for r in rows if "fused" not in r["variant"])
     for row in rows:
         row["vs baseline"] = f"{row['images/s'] / base:.2f}x"
+        row["TFLOP/s"] = f"{row['images/s'] * gflop / 1e3:.2f}"  # against the device's peak: how close
         row["images/s"] = f"{row['images/s']:,.0f}"
         row["ms/step"] = f"{row['ms/step']:.1f}"
     print(tabulate(rows, headers="keys", tablefmt="github"))
