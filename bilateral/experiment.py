@@ -94,6 +94,11 @@ class RunSpec:
         return cls(**kwargs)
 
 
+def group_name(group: list[RunSpec]) -> str:
+    """Runs trained together (--fuse) are named by the first: <run id>+<number of others>."""
+    return group[0].run_id if len(group) == 1 else f"{group[0].run_id}+{len(group) - 1}"
+
+
 @dataclass
 class Plan:
     """Runs in dependency order, grouped into stages a backend can run in parallel."""

@@ -85,10 +85,11 @@ class RunStore:
     def has_checkpoint(self, name: str) -> bool:
         return self.path(f"checkpoints/{name}.pt").is_file()
 
-    def load_checkpoint(self, name: str) -> dict:
+    def load_checkpoint(self, name: str, mmap: bool = False) -> dict:
+        """mmap: read tensors lazily, only when touched (to read a few numbers of a big file)."""
         path = self.path(f"checkpoints/{name}.pt")
         try:
-            return torch.load(path, map_location="cpu", weights_only=True)
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
         except Exception as exc:
             raise CheckpointError(
                 f"checkpoint {path} cannot be read ({type(exc).__name__}: {exc}); "
@@ -98,16 +99,7 @@ class RunStore:
     def checkpoint_epoch(self, name: str) -> int:
         """The epoch a checkpoint was saved after; -1 when there is none. Memory-mapped: only the
         few bytes of that number are read, so grouping many runs by progress stays cheap."""
-        path = self.path(f"checkpoints/{name}.pt")
-        if not path.is_file():
-            return -1
-        try:
-            return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True)["epoch"])
-        except Exception as exc:
-            raise CheckpointError(
-                f"checkpoint {path} cannot be read ({type(exc).__name__}: {exc}); "
-                f"delete {self.root} to retrain this run"
-            ) from None
+        return int(self.load_checkpoint(name, mmap=True)["epoch"]) if self.has_checkpoint(name) else -1
 
     def save_arrays(self, name: str, arrays: dict[str, np.ndarray]) -> None:
         buffer = io.BytesIO()

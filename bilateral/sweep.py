@@ -10,7 +10,7 @@ from collections.abc import Callable
 from tqdm import tqdm
 
 from bilateral.errors import BilateralError
-from bilateral.experiment import Plan, RunSpec
+from bilateral.experiment import Plan, RunSpec, group_name
 from bilateral.store import SweepStore
 from bilateral.train import run_group
 
@@ -56,11 +56,6 @@ def fusion_groups(specs: list[RunSpec], k: int, store: SweepStore) -> list[list[
             key = (spec.fusion_key, store.run(spec.run_id).checkpoint_epoch("last"))
             buckets.setdefault(key, []).append(spec)
     return [members[i : i + k] for members in buckets.values() for i in range(0, len(members), max(k, 1))]
-
-
-def group_name(group: list[RunSpec]) -> str:
-    """A fused group is named by its first run: <run id>+<other members>."""
-    return group[0].run_id if len(group) == 1 else f"{group[0].run_id}+{len(group) - 1}"
 
 
 def describe_failure(exc: BaseException) -> str:

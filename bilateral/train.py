@@ -40,7 +40,7 @@ from bilateral.data.beton import prepare_betons, split_parts
 from bilateral.data.loader import LoaderOptions
 from bilateral.data.loaders import Loader, make_loader
 from bilateral.errors import CheckpointError, ConfigError
-from bilateral.experiment import RunSpec
+from bilateral.experiment import RunSpec, group_name
 from bilateral.models import Ensemble, count_parameters, load_state_strict
 from bilateral.models.fused import (
     fuse,
@@ -197,13 +197,7 @@ def _run_unfinished(specs, store, device, data_dir, on_epoch) -> list[dict]:
     test = loader("test", data.test, splits.test, False, spec.train.eval_batch_size)
     if spec.trains:
         first = loader("train", data.train, splits.train, True, spec.train.batch_size, spec.init_seed)
-        reseeded = getattr(first, "with_seed", None)  # the memory loader: fused runs share its tensors
-        trains = [first] + [
-            reseeded(s.init_seed)
-            if reseeded
-            else loader("train", data.train, splits.train, True, s.train.batch_size, s.init_seed)
-            for s in specs[1:]
-        ]
+        trains = [first, *(first.with_seed(s.init_seed) for s in specs[1:])]  # each member's own stream
         trained = _train(specs, store, data, trains, val, dev, on_epoch)
     else:
         trained = [_assemble_ensemble(spec, store, data, dev)]
@@ -347,7 +341,8 @@ def _load_last(
     specs: list[RunSpec], run_stores: list[RunStore], members: list[nn.Module]
 ) -> list[dict] | None:
     """The members' last checkpoints (weights loaded into `members`), or None when none has one."""
-    epochs = [rs.checkpoint_epoch("last") for rs in run_stores]
+    lasts = [rs.load_checkpoint("last") if rs.has_checkpoint("last") else None for rs in run_stores]
+    epochs = [-1 if last is None else last["epoch"] for last in lasts]
     if len(set(epochs)) > 1:
         raise CheckpointError(
             f"runs {', '.join(s.run_id for s in specs)} stopped after different epochs {epochs} and "
@@ -356,7 +351,6 @@ def _load_last(
         )
     if epochs[0] < 0:
         return None
-    lasts = [rs.load_checkpoint("last") for rs in run_stores]
     for model, last, rs in zip(members, lasts, run_stores, strict=True):
         load_state_strict(model, last["model"], source=str(rs.path("checkpoints/last.pt")))
     return lasts
@@ -394,7 +388,7 @@ def _train(specs: list[RunSpec], store: SweepStore, data, trains: list[Loader], 
         metrics = [[m for m in rs.read_metrics() if m["epoch"] <= states[0]["epoch"]] for rs in run_stores]
         log.info("%s: resuming after epoch %d", ", ".join(s.run_id for s in specs), states[0]["epoch"] + 1)
     start = states[0]["epoch"] + 1
-    name = spec.run_id if k == 1 else f"{spec.run_id}+{k - 1} fused"
+    name = group_name(specs)
     bar = tqdm(
         total=epochs * steps_per_epoch,
         initial=start * steps_per_epoch,

@@ -87,9 +87,7 @@ def bench_loaders(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     data = load_data(args.data, args.data_dir, True)
     split = data.train
-    indices = np.arange(len(split))
-    if args.subset:
-        indices = stratified_subset(split.fine, args.subset, seed=0)
+    indices = _train_indices(data, args.subset)
     mean, std = data.mean_std()
     beton = (
         prepare_betons(data, {"train": ("train", indices)}, args.data_dir)["train"]
@@ -169,17 +167,9 @@ def _train_rate(
     beton = None
     if variant["loader"] == "ffcv":
         beton = prepare_betons(data, {"train": ("train", indices)}, args.data_dir)["train"]
-    loaders = [
-        make_loader(
-            variant["loader"],
-            data.train,
-            indices,
-            LoaderOptions(args.batch_size, device, mean, std, True, seed, channels_last),
-            beton=beton,
-            workers=args.workers,
-        )
-        for seed in range(max(k, 1))
-    ]
+    opts = LoaderOptions(args.batch_size, device, mean, std, True, 0, channels_last)
+    first = make_loader(variant["loader"], data.train, indices, opts, beton=beton, workers=args.workers)
+    loaders = [first, *(first.with_seed(seed) for seed in range(1, max(k, 1)))]  # as fused training does
     autocast = (
         torch.autocast(device.type, dtype=torch.bfloat16) if variant.get("bf16") else contextlib.nullcontext()
     )
@@ -331,10 +321,9 @@ def _packed_run(rank: int, args: argparse.Namespace, width: float, variant: dict
         barrier.abort()  # peers waiting at the barrier stop instead of hanging
 
 
-def _packed_rate(runs: int, args: argparse.Namespace, width: float, variant: dict) -> float:
+def _packed_rate(runs: int, threads: int, args: argparse.Namespace, width: float, variant: dict) -> float:
     """Aggregate images/s of `runs` concurrent processes: all their timed images over the window from
     their common start to the last one's end (a pack is done when its slowest run is)."""
-    threads = max(1, args.threads // runs)
     run_args = argparse.Namespace(**vars(args), workers=threads)
     ctx = multiprocessing.get_context("spawn")  # CUDA cannot fork; a fresh torch reads OMP_NUM_THREADS
     barrier, reports = ctx.Barrier(runs), ctx.Queue()
@@ -396,7 +385,7 @@ def bench_pack(args: argparse.Namespace) -> int:
             single, solo_args, data, indices, device, width
         )[0],
         f"packed ({runs} processes x {threads} threads)": lambda width: _packed_rate(
-            runs, args, width, single
+            runs, threads, args, width, single
         ),
         f"fused (K={runs}, 1 process x {args.threads} threads)": lambda width: _train_rate(
             {**single, "fuse": runs}, solo_args, data, indices, device, width

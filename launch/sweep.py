@@ -22,10 +22,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # ray_jobs/ and sl
 
 from bilateral.config import PRESETS, SweepConfig, load_config, parse_seeds, to_dict
 from bilateral.errors import BilateralError, ConfigError
-from bilateral.experiment import Plan, build_plan
+from bilateral.experiment import Plan, build_plan, group_name
 from bilateral.report import markdown, paired_differences, runs_table, summarize, write_report
 from bilateral.store import SweepStore
-from bilateral.sweep import InProcessExecutor, fusion_groups, group_name, run_sweep
+from bilateral.sweep import InProcessExecutor, fusion_groups, run_sweep
 
 log = logging.getLogger("sweep")
 

@@ -17,9 +17,9 @@ from pathlib import Path
 
 from bilateral.config import SweepConfig
 from bilateral.errors import ConfigError
-from bilateral.experiment import Plan, RunSpec
+from bilateral.experiment import Plan, RunSpec, group_name
 from bilateral.store import SweepStore
-from bilateral.sweep import fusion_groups, group_name, run_sweep
+from bilateral.sweep import fusion_groups, run_sweep
 
 log = logging.getLogger(__name__)
 DRIVER_CPU = 0.01  # a Tune trial that only drives a TorchTrainer (Tune refuses an empty request)
@@ -58,13 +58,14 @@ def _run_trial(trial: dict, settings: dict) -> None:
     from bilateral.train import run_group
 
     group = settings["groups"][trial["group"]]
-    config = {**settings["common"], "spec": group[0]}
-    spec = RunSpec.from_dict(config["spec"])
+    config = {**settings["common"], "spec": group[0]}  # a DDP trial's one run, for its workers
+    specs = [RunSpec.from_dict(d) for d in group]
+    spec = specs[0]
     store = SweepStore(config["root"])
     if config["workers"] == 1:
         _torch_threads(config["cpus"])
         run_group(
-            [RunSpec.from_dict(d) for d in group],
+            specs,
             store,
             config["device"],
             config["data_dir"],
@@ -176,10 +177,12 @@ class TuneExecutor:
         results = tuner.fit()
         failed = {}
         for result in results:
+            error = f"{type(result.error).__name__}: {result.error}"
             for spec in groups[result.config["group"]]:
-                if result.error is not None or not self.store.run(spec.run_id).is_finished():
-                    failed[spec.run_id] = f"{type(result.error).__name__}: {result.error}"
-                    self.store.run(spec.run_id).write_error(failed[spec.run_id])
+                run_store = self.store.run(spec.run_id)
+                if result.error is not None or not run_store.is_finished():
+                    failed[spec.run_id] = error
+                    run_store.write_error(error)
         return failed
 
 

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -197,6 +198,14 @@ def test_the_three_loaders_share_one_interface(data, parts, betons):
         assert len(train) == 5 and shapes == [((256, 3, 32, 32), torch.float32, torch.int64)] * 5
         assert next(iter(train))[0].is_contiguous(memory_format=torch.channels_last)
         assert not getattr(train, "per_rank", False)
+        reseeded, fresh = (
+            train.with_seed(SEED + 1),
+            make_loader(kind, data.train, indices, replace(opts, seed=SEED + 1), **common),
+        )
+        for loader in (reseeded, fresh):
+            loader.set_epoch(0)
+        assert torch.equal(next(iter(reseeded))[1], next(iter(fresh))[1])  # a fused member's own stream
+        assert not torch.equal(next(iter(reseeded))[1], next(iter(train))[1])
 
 
 def test_torch_loader_is_seeded_per_sample_and_shards_like_the_memory_loader(data):

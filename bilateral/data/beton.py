@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
-import json
 import os
 import tempfile
 from collections.abc import Iterator, Mapping
@@ -28,6 +27,7 @@ import numpy as np
 
 from bilateral.data.hierarchy import HierarchicalDataset
 from bilateral.errors import ConfigError, DataError
+from bilateral.store import write_json
 
 FIELDS = ("image", "fine", "coarse", "index")
 PAGE_SIZE = 1 << 21  # FFCV's minimum; its 8 MiB default makes a tiny .beton 25 MB
@@ -87,7 +87,7 @@ def prepare_betons(
             "fields": list(FIELDS),
             "page_size": PAGE_SIZE,
         }
-        _replace_text(manifest, json.dumps(info, indent=1))
+        write_json(manifest, info)
     return paths
 
 
@@ -130,15 +130,6 @@ def _write_atomic(path: Path, samples: _Samples, workers: int) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-
-
-def _replace_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 @contextlib.contextmanager

@@ -155,9 +155,8 @@ class FfcvLoader:
         if batch_size % world:
             raise ConfigError(f"batch size {batch_size} does not split over {world} DDP workers")
         self.device = torch.device(opts.device)
+        self.rebuild = (path, opts, workers, distributed, padding)  # for with_seed
         self.batch_size = batch_size
-        self.train = train
-        self.seed = seed
         self.per_rank = distributed
         self.memory_format = torch.channels_last if opts.channels_last else torch.contiguous_format
         self.epoch = 0
@@ -192,6 +191,11 @@ class FfcvLoader:
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+
+    def with_seed(self, seed: int) -> FfcvLoader:
+        """The same samples with another order and augmentation (a fused run's own stream)."""
+        path, opts, workers, distributed, padding = self.rebuild
+        return FfcvLoader(path, replace(opts, seed=seed), workers, distributed, padding)
 
     def __len__(self) -> int:
         return len(self.loader)

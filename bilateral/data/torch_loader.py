@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -121,6 +122,7 @@ class TorchLoader:
             raise ConfigError(f"batch size {batch_size} must be a multiple of the {world} DDP workers")
         indices = np.arange(len(split)) if indices is None else np.asarray(indices, dtype=np.int64)
         self.device = torch.device(opts.device)
+        self.rebuild = (split, indices, opts, workers, rank, world)  # for with_seed
         self.batch_size, self.train, self.per_rank = batch_size, opts.train, world > 1
         self.memory_format = torch.channels_last if opts.channels_last else torch.contiguous_format
         self.num_samples = len(indices)
@@ -137,6 +139,11 @@ class TorchLoader:
 
     def set_epoch(self, epoch: int) -> None:
         self.batches.epoch = epoch
+
+    def with_seed(self, seed: int) -> TorchLoader:
+        """The same samples with another order and augmentation (a fused run's own stream)."""
+        split, indices, opts, workers, rank, world = self.rebuild
+        return TorchLoader(split, indices, replace(opts, seed=seed), workers, rank, world)
 
     def __len__(self) -> int:
         return len(self.batches)

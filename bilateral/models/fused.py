@@ -116,7 +116,7 @@ def split_outputs(outputs: dict[str, Tensor], k: int) -> dict[str, Tensor]:
 
 def _split(whole: Tensor, like: Tensor, k: int) -> list[Tensor]:
     """A fused tensor -> the K members' tensors shaped like `like` (one member's)."""
-    if whole.shape == like.shape:  # shared: BatchNorm's num_batches_tracked, an optimiser's step
+    if whole.dim() == 0 or whole.shape == like.shape:  # shared: num_batches_tracked, Adam's step
         return [whole.clone() for _ in range(k)]
     if whole.dim() == like.dim() + 1:  # GroupedLinear: (K, ...)
         return [part.clone() for part in whole]
@@ -125,7 +125,7 @@ def _split(whole: Tensor, like: Tensor, k: int) -> list[Tensor]:
 
 def _join(parts: Sequence[Tensor], like: Tensor) -> Tensor:
     """Inverse of _split: `like` is the fused tensor (or one of the same shape)."""
-    if parts[0].shape == like.shape:
+    if parts[0].dim() == 0 or parts[0].shape == like.shape:
         return parts[0].clone()
     if like.dim() == parts[0].dim() + 1:
         return torch.stack(list(parts))
@@ -158,7 +158,7 @@ def unfuse_optimizer_state(state: dict, fused: nn.Module, template: nn.Module, k
     for index, per_param in state["state"].items():
         _, like = params[index]
         for name, value in per_param.items():
-            parts = _split(value, like, k) if torch.is_tensor(value) and value.dim() else [value] * k
+            parts = _split(value, like, k) if torch.is_tensor(value) else [value] * k
             for member, part in zip(members, parts, strict=True):
                 member["state"].setdefault(index, {})[name] = part
     return members
@@ -171,7 +171,7 @@ def fuse_optimizer_states(states: Sequence[dict], fused: nn.Module) -> dict:
     for index, per_param in states[0]["state"].items():
         joined["state"][index] = {
             name: _join([s["state"][index][name] for s in states], params[index])
-            if torch.is_tensor(value) and value.dim()
+            if torch.is_tensor(value)
             else value
             for name, value in per_param.items()
         }
