@@ -586,7 +586,9 @@ def evaluate(model: nn.Module, loader: Loader, spec: RunSpec, dev) -> tuple[dict
 def evaluate_members(
     model: nn.Module, loader: Loader, spec: RunSpec, dev, k: int
 ) -> list[tuple[dict, dict[str, torch.Tensor]]]:
-    """evaluate() for each of the K members of a fused model (K = 1: a plain one); each sees every batch."""
+    """evaluate() for each of the K members of a fused model (K = 1: a plain one); each sees every batch.
+
+    Outputs stay on the device until the split is done: one copy to the host, not one per batch."""
     model.eval()
     logits: list[dict[str, list[torch.Tensor]]] = [{} for _ in range(k)]
     labels: dict[str, list[torch.Tensor]] = {"fine": [], "coarse": []}
@@ -595,13 +597,13 @@ def evaluate_members(
             outputs = model(stack_inputs([x] * k) if k > 1 else x)
         for member, out in zip(logits, _per_member(outputs, k), strict=True):
             for h, z in out.items():
-                member.setdefault(h, []).append(z.float().cpu())
-        labels["fine"].append(fine.cpu())
-        labels["coarse"].append(coarse.cpu())
-    truth = {h: torch.cat(v) for h, v in labels.items()}
+                member.setdefault(h, []).append(z.float())
+        labels["fine"].append(fine)
+        labels["coarse"].append(coarse)
+    truth = {h: torch.cat(v).cpu() for h, v in labels.items()}
     results = []
     for member in logits:
-        out = {h: torch.cat(v) for h, v in member.items()}
+        out = {h: torch.cat(v).cpu() for h, v in member.items()}
         metrics = {}
         for h, z in out.items():
             metrics[f"acc_{h}"] = float((z.argmax(1) == truth[h]).float().mean())

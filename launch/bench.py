@@ -60,10 +60,22 @@ from bilateral.data.beton import prepare_betons
 from bilateral.data.loader import LoaderOptions
 from bilateral.data.loaders import LOADERS, make_loader
 from bilateral.data.split import stratified_subset
+from bilateral.errors import ConfigError
 from bilateral.experiment import build_plan
+from bilateral.extras import require
 from bilateral.models import UnilateralNet, build_backbone, count_parameters
 from bilateral.models.fused import fuse, split_outputs, stack_inputs
 from bilateral.train import load_data, loss_fn, resolve_device
+
+
+def _installed(module: str) -> bool:
+    """Whether an optional library is there; a benchmark leaves out what it cannot run, and says so."""
+    try:
+        require(module, f"the {module} benchmark")
+    except ConfigError as exc:
+        print(f"skipped: {exc}", flush=True)
+        return False
+    return True
 
 
 def epoch_seconds(loader, epoch: int, device: torch.device) -> tuple[float, int]:
@@ -83,6 +95,8 @@ def bench_loaders(args: argparse.Namespace) -> int:
     if unknown:
         print(f"error: unknown loaders {sorted(unknown)}: choose from {', '.join(LOADERS)}", file=sys.stderr)
         return 2
+    if "ffcv" in kinds and not _installed("ffcv"):
+        kinds.remove("ffcv")
     torch.set_num_threads(args.workers)  # the memory loader's CPU ops get what the others get
     device = resolve_device(args.device)
     data = load_data(args.data, args.data_dir, True)
@@ -248,7 +262,8 @@ def bench_train(args: argparse.Namespace) -> int:
     ]
     if args.compile:
         variants.append({"name": "memory + compile", "loader": "memory", "compile": True})
-    variants.append({"name": "ffcv", "loader": "ffcv"})
+    if _installed("ffcv"):
+        variants.append({"name": "ffcv", "loader": "ffcv"})
     variants += [{"name": f"memory, fused K={k}", "loader": "memory", "fuse": k} for k in args.fuse]
     # a training step costs about 3 forward passes (backward: gradients of inputs and of weights)
     gflop = 6 * _macs(UnilateralNet(build_backbone("resnet9", width), data.num_fine, data.num_coarse)) / 1e9

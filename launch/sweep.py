@@ -23,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # ray_jobs/ and sl
 from bilateral.config import PRESETS, SweepConfig, load_config, parse_seeds, to_dict
 from bilateral.errors import BilateralError, ConfigError
 from bilateral.experiment import Plan, build_plan, group_name
+from bilateral.extras import require
 from bilateral.report import markdown, paired_differences, runs_table, summarize, write_report
 from bilateral.store import SweepStore
 from bilateral.sweep import InProcessExecutor, fusion_groups, run_sweep
@@ -97,10 +98,13 @@ def resolve_config(args: argparse.Namespace) -> SweepConfig:
 
 
 def preflight(cfg: SweepConfig, plan: Plan) -> None:
-    """Fail before any training on what would fail every run: the data, and every architecture."""
+    """Fail before any training on what would fail every run: the data, the loader's library, and
+    every architecture."""
     from bilateral.assemble import build_model
     from bilateral.train import load_data
 
+    if cfg.data.loader == "ffcv":
+        require("ffcv", "data.loader=ffcv")
     data = load_data(cfg.data.source, cfg.data_dir, cfg.data.verify_md5)
     for spec in {(s.kind, s.backbone, s.right_backbone): s for s in plan.runs if s.trains}.values():
         build_model(spec, data.num_fine, data.num_coarse)
@@ -132,6 +136,7 @@ def _slurm_backend():
 
 # Each backend module has add_arguments(parser) and run(args, cfg, plan, store) -> {run_id: error}.
 BACKENDS = {"local": lambda: LocalBackend, "ray": _ray_backend, "slurm": _slurm_backend}
+NEEDS = {"ray": "ray", "slurm": "submitit"}  # the library each backend drives (an optional extra)
 
 
 def main(argv: list[str]) -> int:
@@ -153,6 +158,11 @@ def main(argv: list[str]) -> int:
                 groups = [group_name(g) for g in fusion_groups(stage, args.fuse, store)]
                 print(f"stage {number} with --fuse {args.fuse}: {len(groups)} trainings: {', '.join(groups)}")
         return 0
+    if args.cluster in NEEDS:
+        require(NEEDS[args.cluster], f"--cluster {args.cluster}")
+    if args.analyze:
+        require("matplotlib", "--analyze")
+        require("pytorch_grad_cam", "--analyze")
     preflight(cfg, plan)
     store.write_plan(to_dict(cfg), plan.runs)
     log.info("sweep %s: %d runs in %d stages -> %s", cfg.name, len(plan.runs), len(plan.stages), store.root)

@@ -27,6 +27,7 @@ import pandas as pd
 from bilateral.analysis.context import KINDS, AnalysisError, SweepContext
 from bilateral.analysis.report import Section, write_report
 from bilateral.errors import BilateralError
+from bilateral.extras import require
 
 log = logging.getLogger(__name__)
 PARTS = ("scenarios", "gradcam", "similarity", "attribution")
@@ -56,6 +57,8 @@ def run_analysis(
     full-width nets on a CPU take a while). Raises AnalysisError only when the directory is not a
     sweep; a part that cannot run is recorded in `errors` and in report.md.
     """
+    for module in ("matplotlib", "pytorch_grad_cam"):
+        require(module, "the analysis (figures, Grad-CAM)")
     from bilateral.analysis import attribution, gradcam, scenarios, similarity
 
     parts = list(PARTS if parts is None else parts)

@@ -27,6 +27,7 @@ import numpy as np
 
 from bilateral.data.hierarchy import HierarchicalDataset
 from bilateral.errors import ConfigError, DataError
+from bilateral.extras import require
 from bilateral.store import write_json
 
 FIELDS = ("image", "fine", "coarse", "index")
@@ -73,6 +74,7 @@ def prepare_betons(
                 f"the {name} part is empty, and FFCV cannot write an empty .beton. "
                 "Fix: give it samples (data.val_size > 0) or use data.loader=memory."
             )
+    require("ffcv", "writing .beton files (data.loader=ffcv)")
     directory.mkdir(parents=True, exist_ok=True)
     with _locked(directory.with_suffix(".lock")):
         if manifest.exists():  # another process wrote them while this one waited

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from bilateral.data.augment import augment_batch, normalize
+from bilateral.data.augment import augment_batch, normalize, to_device_async
 from bilateral.data.hierarchy import HierarchicalSplit
 from bilateral.errors import ConfigError
 
@@ -84,7 +84,7 @@ class DeviceLoader:
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         n = self.num_samples
         if self.train:
-            order = torch.randperm(n, generator=generator).to(self.device)
+            order = to_device_async(torch.randperm(n, generator=generator), self.device)
         else:
             order = torch.arange(n, device=self.device)
         for i in range(len(self)):

@@ -19,6 +19,7 @@ import torch
 from bilateral.data.hierarchy import HierarchicalSplit
 from bilateral.data.loader import DeviceLoader, LoaderOptions
 from bilateral.errors import ConfigError
+from bilateral.extras import require
 
 LOADERS = ("memory", "ffcv", "torch")
 
@@ -62,6 +63,7 @@ def make_loader(
     if kind == "ffcv":
         if beton is None:
             raise ConfigError("the ffcv loader needs the .beton file of the split (bilateral.data.beton)")
+        require("ffcv", "data.loader=ffcv")
         from bilateral.data.ffcv_loader import FfcvLoader
 
         loader = FfcvLoader(beton, opts, workers, distributed=world > 1)
