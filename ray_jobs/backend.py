@@ -25,10 +25,12 @@ log = logging.getLogger(__name__)
 DRIVER_CPU = 0.01  # a Tune trial that only drives a TorchTrainer (Tune refuses an empty request)
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--address", help="Ray cluster to join (auto, or HOST:PORT); default: start one here")
-    parser.add_argument("--num-cpus", type=int, help="logical CPUs of the Ray instance started here")
-    # Shared with --cluster slurm (same parser): default None, each backend resolves its own default.
+def add_shared_arguments(parser: argparse.ArgumentParser) -> None:
+    """--gpus-per-run / --cpus-per-run, which --cluster ray and --cluster slurm share: both backends add
+    their flags to launch/sweep.py's one parser, so the first to call this adds them, with default None,
+    and each backend resolves its own default from None."""
+    if "--gpus-per-run" in parser._option_string_actions:  # the other backend added them
+        return
     parser.add_argument(
         "--gpus-per-run",
         type=float,
@@ -38,6 +40,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--cpus-per-run", type=float, help="CPUs per run (Ray: per DDP worker, default 1; Slurm: default 2)"
     )
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--address", help="Ray cluster to join (auto, or HOST:PORT); default: start one here")
+    parser.add_argument("--num-cpus", type=int, help="logical CPUs of the Ray instance started here")
+    add_shared_arguments(parser)
     parser.add_argument("--workers-per-run", type=int, default=1, help="N > 1: DDP over N Ray Train workers")
     parser.add_argument(
         "--max-failures", type=int, default=2, help="restarts of a failed run or worker group"

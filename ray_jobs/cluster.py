@@ -17,14 +17,17 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
 from pathlib import Path
 
 ENV = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+# The ports every Ray node opens (a head adds --port, --ray-client-server-port and --dashboard-port). Every
+# one is picked free: a default one (the job agent's 52365) may still be held by another Ray on this
+# machine, and the node then comes up without an agent to take jobs.
 PORT_FLAGS = (
     "--node-manager-port",
     "--object-manager-port",
-    "--ray-client-server-port",
     "--dashboard-agent-listen-port",
     "--dashboard-agent-grpc-port",
     "--metrics-export-port",
@@ -33,15 +36,18 @@ PORT_FLAGS = (
 
 
 def free_port() -> int:
+    """A port free on every interface: good for a loopback node and for one on a node's address."""
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind(("", 0))
         return s.getsockname()[1]
 
 
-def start(num_cpus: int, state: Path) -> dict:
-    """Start a head node; returns {address, dashboard, temp_dir} and writes it to `state`."""
+def start(num_cpus: int, state: Path, timeout_s: float = 120.0) -> dict:
+    """Start a head node and wait until it takes jobs; returns {address, dashboard, temp_dir} and writes
+    it to `state`."""
     temp_dir = f"/tmp/bilateral-ray-{uuid.uuid4().hex[:8]}"
     port, dashboard = free_port(), free_port()
+    ports = {flag: free_port() for flag in PORT_FLAGS}
     ray = Path(sys.executable).with_name("ray")
     env = {**os.environ, **ENV, "PATH": f"{ray.parent}:{os.environ.get('PATH', '')}"}
     cmd = [
@@ -56,9 +62,8 @@ def start(num_cpus: int, state: Path) -> dict:
         f"--dashboard-port={dashboard}",
         "--disable-usage-stats",
         "--include-dashboard=true",
-        # Every port free: a default one (the job agent's 52365) may still be held by another Ray
-        # on this machine, and the cluster then comes up without an agent to take jobs.
-        *(f"{flag}={free_port()}" for flag in PORT_FLAGS),
+        f"--ray-client-server-port={free_port()}",
+        *(f"{flag}={number}" for flag, number in ports.items()),
     ]
     subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL)
     info = {
@@ -66,8 +71,30 @@ def start(num_cpus: int, state: Path) -> dict:
         "dashboard": f"http://127.0.0.1:{dashboard}",
         "temp_dir": temp_dir,
     }
+    agent = f"http://127.0.0.1:{ports['--dashboard-agent-listen-port']}/api/healthz"
+    try:
+        _wait_for_http([f"{info['dashboard']}/api/version", agent], timeout_s)
+    except BaseException:
+        stop_processes(temp_dir)
+        raise
     state.write_text(json.dumps(info))
     return info
+
+
+def _wait_for_http(urls: list[str], timeout_s: float) -> None:
+    """`ray start` returns before the dashboard's job agent listens: until it does, `ray job submit`
+    fails ("No available agent to submit job"). Wait until each URL answers 200."""
+    no_proxy = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    deadline = time.time() + timeout_s
+    for url in urls:
+        while True:
+            try:
+                with no_proxy.open(url, timeout=5):
+                    break
+            except OSError as exc:  # refused, timed out, or an HTTP error (503 until its raylet is up)
+                if time.time() > deadline:
+                    raise RuntimeError(f"{url} did not answer within {timeout_s:.0f}s: {exc}") from None
+                time.sleep(0.5)
 
 
 def _belongs(proc: Path, temp_dir: str) -> bool:

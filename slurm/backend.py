@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import copy
 import logging
 import re
 import subprocess
@@ -37,34 +36,12 @@ from bilateral.errors import BilateralError, ConfigError
 from bilateral.experiment import Plan, RunSpec
 from bilateral.store import SweepStore, write_json
 from bilateral.sweep import fusion_groups, run_sweep
+from ray_jobs.backend import add_shared_arguments
 
 log = logging.getLogger("slurm")
 
 ACTIVE = {"PENDING", "RUNNING", "REQUEUED", "COMPLETING", "CONFIGURING", "RESIZING", "SUSPENDED", "PREEMPTED"}
 QUEUED = {"PENDING", "REQUEUED", "CONFIGURING", "SUSPENDED", "PREEMPTED", "UNKNOWN", "READY"}
-
-
-# Defaults of flags that another backend (--cluster ray) defined first: they share launch/sweep.py's
-# parser, so such a flag keeps that backend's default; a value equal to it means "not given" here.
-_FOREIGN_DEFAULTS: dict[str, object] = {}
-
-
-def _add(parser, *flags: str, **kwargs) -> None:
-    """Add a flag unless another backend already defined it (then remember that backend's default)."""
-    known = getattr(parser, "_option_string_actions", {})
-    existing = next((known[f] for f in flags if f in known), None)
-    if existing is None:
-        parser.add_argument(*flags, **kwargs)
-    else:
-        _FOREIGN_DEFAULTS[existing.dest] = existing.default
-
-
-def _given(args: argparse.Namespace, dest: str):
-    """The flag's value, or None when it is only another backend's default."""
-    value = getattr(args, dest, None)
-    if dest in _FOREIGN_DEFAULTS and value == _FOREIGN_DEFAULTS[dest]:
-        return None
-    return value
 
 
 def _whole(value, flag: str) -> int:
@@ -78,90 +55,73 @@ def _whole(value, flag: str) -> int:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of this backend (how each maps to sbatch: README, "Running on Slurm")."""
-    _add(parser, "--partition", help="sbatch --partition")
-    _add(parser, "--account", help="sbatch --account")
-    _add(parser, "--qos", help="sbatch --qos")
-    _add(
-        parser,
+    parser.add_argument("--partition", help="sbatch --partition")
+    parser.add_argument("--account", help="sbatch --account")
+    parser.add_argument("--qos", help="sbatch --qos")
+    parser.add_argument(
         "--time",
         default="240",
         help="time limit of one job: minutes or [D-]HH:MM[:SS] (sbatch --time; default 240). A run "
         "that is not done by then is requeued and resumes from its last epoch",
     )
-    _add(
-        parser,
-        "--gpus-per-run",
-        type=int,
-        help="GPUs of one run (sbatch --gpus-per-node); N > 1 trains it with DDP over N tasks. "
-        "Default 1, or 0 with --device cpu (then N > 1 means N CPU processes with gloo)",
+    add_shared_arguments(parser)  # --gpus-per-run, --cpus-per-run: resolved in SlurmOptions.from_args
+    parser.add_argument(
+        "--mem-gb", type=float, help="memory of one run in GB (sbatch --mem); default: the cluster's"
     )
-    _add(parser, "--cpus-per-run", type=int, default=2, help="CPUs of one run (sbatch --cpus-per-task)")
-    _add(
-        parser, "--mem-gb", type=float, help="memory of one run in GB (sbatch --mem); default: the cluster's"
-    )
-    _add(
-        parser,
+    parser.add_argument(
         "--array-parallelism",
         type=int,
         default=256,
         help="at most this many elements of a job array run at once (sbatch --array=0-N%%P)",
     )
-    _add(
-        parser,
+    parser.add_argument(
         "--runs-per-task",
         type=int,
         default=1,
         help="K runs in one array element, as K processes sharing its GPUs (small models)",
     )
-    _add(
-        parser,
+    parser.add_argument(
         "--sbatch",
         action="append",
         default=[],
         metavar="KEY[=VALUE]",
         help="any other sbatch option, e.g. --sbatch constraint=a100 --sbatch exclusive (repeatable)",
     )
-    _add(
-        parser,
+    parser.add_argument(
         "--setup",
         action="append",
         default=[],
         metavar="LINE",
         help="a shell line run in the job before Python, e.g. --setup 'module load cuda' (repeatable)",
     )
-    _add(
-        parser,
+    parser.add_argument(
         "--signal-delay-s",
         type=int,
         default=120,
         help="USR2 this long before the time limit: the job is requeued then (sbatch --signal=USR2@S)",
     )
-    _add(parser, "--max-requeues", type=int, default=20, help="give up on a job requeued more often")
-    _add(
-        parser,
+    parser.add_argument("--max-requeues", type=int, default=20, help="give up on a job requeued more often")
+    parser.add_argument(
         "--detach",
         action="store_true",
         help="submit the whole sweep (later stages with afterok dependencies) and return",
     )
-    _add(
-        parser,
+    parser.add_argument(
         "--engine",
         choices=["submitit", "ray"],
         default="submitit",
         help="submitit: job arrays (default); ray: start Ray inside a Slurm allocation, run the Ray backend",
     )
-    _add(
-        parser, "--nodes", type=int, default=1, help="--engine ray: nodes of the allocation (sbatch --nodes)"
+    parser.add_argument(
+        "--nodes", type=int, default=1, help="--engine ray: nodes of the allocation (sbatch --nodes)"
     )
-    _add(
-        parser,
+    parser.add_argument(
         "--cpus-per-node",
         type=int,
         default=8,
         help="--engine ray: CPUs of each node's Ray (sbatch --cpus-per-task, one task per node; default 8)",
     )
-    _add(
-        parser,
+    parser.add_argument(
         "--gpus-per-node",
         type=int,
         help="--engine ray: GPUs of each node's Ray (sbatch --gpus-per-node; default 1, 0 with --device cpu)",
@@ -227,12 +187,10 @@ class SlurmOptions:
     @classmethod
     def from_args(cls, args: argparse.Namespace, cfg: SweepConfig) -> SlurmOptions:
         if args.engine == "ray":  # --gpus-per-run / --cpus-per-run are then Ray's, per trial
-            args = copy.copy(args)
-            args.gpus_per_run, args.cpus_per_run = 0, 1
-        gpus = _given(args, "gpus_per_run")
-        gpus = (0 if cfg.device == "cpu" else 1) if gpus is None else _whole(gpus, "--gpus-per-run")
-        cpus = _given(args, "cpus_per_run")
-        cpus = _whole(cpus if cpus is not None else 2, "--cpus-per-run")
+            gpus, cpus = 0, 1
+        else:  # None: not given (add_shared_arguments), Slurm's own defaults
+            gpus = (0 if cfg.device == "cpu" else 1) if args.gpus_per_run is None else args.gpus_per_run
+            cpus = 2 if args.cpus_per_run is None else args.cpus_per_run
         opts = cls(
             device=cfg.device,
             data_dir=str(Path(cfg.data_dir).resolve()),
@@ -241,8 +199,8 @@ class SlurmOptions:
             partition=args.partition,
             account=args.account,
             qos=args.qos,
-            gpus_per_run=gpus,
-            cpus_per_run=cpus,
+            gpus_per_run=_whole(gpus, "--gpus-per-run"),
+            cpus_per_run=_whole(cpus, "--cpus-per-run"),
             mem_gb=args.mem_gb,
             array_parallelism=args.array_parallelism,
             runs_per_task=args.runs_per_task,
@@ -358,16 +316,13 @@ class Ledger:
 
             self.runs = json.loads(self.path.read_text()).get("runs", {})
 
-    def add(self, job_id: str, specs: list[RunSpec], tasks: int, **extra) -> None:
+    def add(self, jobs: list[tuple[str, list[RunSpec]]], tasks: int) -> None:
+        """Record jobs submitted together (the elements of one array): one atomic write for them all."""
         now = time.time()
-        for spec in specs:
-            self.runs[spec.run_id] = {
-                "job": job_id,
-                "tasks": tasks,
-                "submitted": now,
-                "chunk": [s.run_id for s in specs],
-                **extra,
-            }
+        for job_id, specs in jobs:
+            chunk = [s.run_id for s in specs]
+            for spec in specs:
+                self.runs[spec.run_id] = {"job": job_id, "tasks": tasks, "submitted": now, "chunk": chunk}
         write_json(self.path, {"runs": self.runs})
 
     def job_of(self, run_id: str) -> dict | None:
@@ -456,9 +411,9 @@ class SlurmStages:
             if "configuration is not available" in str(exc) and self.opts.gpus_per_job:
                 hint = "\n(no node has the GPUs asked for: on a CPU cluster pass --device cpu)"
             raise BilateralError(f"sbatch refused the job array: {exc}{hint}") from None
-        for job, chunk in zip(jobs, chunks, strict=True):
-            self.ledger.add(job.job_id, chunk, self.opts.tasks_per_job)
-        return list(zip(jobs, chunks, strict=True))
+        submitted = list(zip(jobs, chunks, strict=True))
+        self.ledger.add([(job.job_id, chunk) for job, chunk in submitted], self.opts.tasks_per_job)
+        return submitted
 
     def adopt(self, specs: list[RunSpec]) -> tuple[list, list[RunSpec]]:
         """Jobs of an earlier invocation still queued or running for some of these specs: wait for those
@@ -520,7 +475,7 @@ class SlurmStages:
         if rest and not jobs:
             task = RayAllocation(self.opts.cpus_per_node, self.opts.gpus_per_job)
             job = self.executor().submit(task, args, cfg, plan, str(self.store.root))
-            self.ledger.add(job.job_id, rest, self.opts.nodes)
+            self.ledger.add([(job.job_id, rest)], self.opts.nodes)
             jobs.append((job, rest))
             log.info(
                 "submitted Slurm job %s: Ray on %d node(s) x %d CPU(s), %d GPU(s) for %d run(s); logs in %s",
@@ -548,6 +503,7 @@ class SlurmStages:
         pending = dict(enumerate(jobs))
         failed: dict[str, str] = {}
         outcome: dict[int, str] = {}
+        runs = [s for _, chunk in jobs for s in chunk]
         last, started = None, time.time()
         try:
             while pending:
@@ -563,7 +519,6 @@ class SlurmStages:
                     state = watcher.get_state(job.job_id, mode="cache").split()[0]
                     counts["queued" if state in QUEUED else "running"] += 1
                 line = ", ".join(f"{counts[k]} {k}" for k in ("queued", "running", "done", "failed"))
-                runs = [s for _, chunk in jobs for s in chunk]
                 finished = sum(self.store.run(s.run_id).is_finished() for s in runs)
                 line += f"; runs finished {finished}/{len(runs)}"
                 if line != last:

@@ -30,16 +30,9 @@ import submitit
 from bilateral.config import SweepConfig
 from bilateral.experiment import Plan
 from bilateral.store import SweepStore, write_json
-from ray_jobs.cluster import stop_processes
+from ray_jobs.cluster import ENV, PORT_FLAGS, free_port, stop_processes
 
 log = logging.getLogger(__name__)
-RAY_ENV = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("", 0))
-        return s.getsockname()[1]
 
 
 def node_ip(hostname: str) -> str:
@@ -69,14 +62,6 @@ class RayAllocation(submitit.helpers.Checkpointable):
             done_file.unlink(missing_ok=True)
         ip = node_ip(env.hostname)
         temp_dir = f"/tmp/bilateral-ray-{env.job_id}-{env.global_rank}"  # short: Ray's socket paths
-        ports = {
-            "--node-manager-port": free_port(),
-            "--object-manager-port": free_port(),
-            "--dashboard-agent-listen-port": free_port(),
-            "--dashboard-agent-grpc-port": free_port(),
-            "--metrics-export-port": free_port(),
-            "--runtime-env-agent-port": free_port(),
-        }
         cmd = [
             str(Path(sys.executable).with_name("ray")),
             "start",
@@ -86,7 +71,7 @@ class RayAllocation(submitit.helpers.Checkpointable):
             f"--num-gpus={self.gpus_per_node}",
             f"--temp-dir={temp_dir}",
             "--disable-usage-stats",
-            *(f"{k}={v}" for k, v in ports.items()),
+            *(f"{flag}={free_port()}" for flag in PORT_FLAGS),
         ]
         if env.global_rank == 0:
             address = f"{ip}:{free_port()}"
@@ -100,7 +85,7 @@ class RayAllocation(submitit.helpers.Checkpointable):
         else:
             address = self._wait_for(head_file)["address"]
             cmd += [f"--address={address}"]
-        ray_env = {**os.environ, **RAY_ENV, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+        ray_env = {**os.environ, **ENV, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
         log.info("task %d on %s: %s", env.global_rank, env.hostname, " ".join(cmd))
         ray = subprocess.Popen(cmd, env=ray_env, stdout=sys.stdout, stderr=sys.stderr)
         try:
@@ -118,7 +103,7 @@ class RayAllocation(submitit.helpers.Checkpointable):
     def _drive(self, args, cfg, plan, root, address, head_file, done_file, ray, nodes: int) -> dict[str, str]:
         import ray as ray_lib
 
-        os.environ.update(RAY_ENV)
+        os.environ.update(ENV)
         deadline = time.time() + self.timeout_s
         while True:  # the head answers once GCS is up
             if ray.poll() is not None:
@@ -127,7 +112,6 @@ class RayAllocation(submitit.helpers.Checkpointable):
                 [str(Path(sys.executable).with_name("ray")), "status", f"--address={address}"],
                 capture_output=True,
                 text=True,
-                env={**os.environ, **RAY_ENV},
             )
             if probe.returncode == 0:
                 break

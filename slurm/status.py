@@ -10,6 +10,7 @@ from pathlib import Path
 
 from bilateral.errors import BilateralError
 from bilateral.store import SweepStore
+from slurm.backend import ACTIVE, QUEUED, Ledger, accounting_states, queue_states
 
 ORDER = ("finished", "running", "queued", "failed", "interrupted", "cancelled", "not started")
 
@@ -18,8 +19,6 @@ def slurm_states(job_ids: list[str]) -> dict[str, str]:
     """Live state of each job: squeue for queued/running ones, sacct (accounting) for ended ones."""
     if not job_ids or shutil.which("squeue") is None:
         return {}
-    from slurm.backend import accounting_states, queue_states
-
     states = {}
     try:
         states.update(accounting_states(job_ids))
@@ -30,8 +29,6 @@ def slurm_states(job_ids: list[str]) -> dict[str, str]:
 
 
 def run_state(run, slurm_state: str | None) -> str:
-    from slurm.backend import ACTIVE, QUEUED
-
     if run.is_finished():
         return "finished"
     if slurm_state:
@@ -54,9 +51,8 @@ def status(sweep_dir: str | Path) -> str:
         raise BilateralError(f"{root} is not a sweep directory (no sweep.json): give results/<sweep>")
     store = SweepStore(root)
     run_ids = json.loads(plan_file.read_text())["runs"]
-    ledger_file = root / "slurm" / "jobs.json"
-    ledger = json.loads(ledger_file.read_text())["runs"] if ledger_file.is_file() else {}
-    jobs = {r: ledger[r]["job"] for r in run_ids if r in ledger}
+    ledger = Ledger(store)
+    jobs = {r: entry["job"] for r in run_ids if (entry := ledger.job_of(r))}
     live = slurm_states(sorted(set(jobs.values())))
 
     rows, counts, failures = [], collections.Counter(), []

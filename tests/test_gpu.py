@@ -41,6 +41,12 @@ def training_split():
     return data, make_splits(data, spec).train
 
 
+def test_every_sync_is_counted():
+    values = torch.arange(3.0, device="cuda")
+    assert count_syncs(lambda: [float(v) for v in values]) == 3
+    assert count_syncs(lambda: values * 2) == 0
+
+
 def test_training_batches_never_wait_for_the_gpu():
     data, train = training_split()
     mean, std = data.mean_std()

@@ -19,18 +19,16 @@ import pandas as pd
 import pytest
 
 from bilateral.errors import ConfigError
-from tests.conftest import REPO, TINY
+from tests.conftest import REPO, sweep_cmd
 
 START, STOP = REPO / "slurm" / "start-cluster.sh", REPO / "slurm" / "stop-cluster.sh"
-DATA_DIR = f"data_dir={REPO / 'data'}"
 # CPU-only cluster of 2 cores: one core per run, so two runs train at once
 ON_SLURM = ["--cluster", "slurm", "--device", "cpu", "--cpus-per-run", "1", "--time", "15"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # the local reference uses one thread, like a Slurm task
 
 
 def sweep(out: Path, *args: str, wait: bool = True, timeout: float = 300):
-    cmd = [sys.executable, str(REPO / "launch" / "sweep.py"), "--out", str(out), "--name", "t"]
-    cmd += ["--seeds", "0", *TINY, DATA_DIR, *args]  # args last: their key=value overrides win
+    cmd = sweep_cmd(out, "--seeds", "0", *args)
     if not wait:
         return subprocess.Popen(
             cmd, cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True

@@ -34,6 +34,21 @@ class LoaderOptions:
             raise ConfigError(f"batch size {self.batch_size} must be at least 1. Fix: raise it.")
 
 
+def batches_per_epoch(num_samples: int, batch_size: int, train: bool) -> int:
+    """Training drops the last incomplete batch when there is a full one (BatchNorm needs more than
+    one sample); evaluation keeps every sample."""
+    if train and num_samples >= batch_size:
+        return num_samples // batch_size
+    return -(-num_samples // batch_size)
+
+
+def training_order(num_samples: int, seed: int, epoch: int) -> tuple[torch.Tensor, torch.Generator]:
+    """Epoch `epoch`'s order of the samples, a function of (seed, epoch) alone, so that a resumed run
+    replays it; and the CPU generator, which goes on to draw the epoch's augmentation."""
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(num_samples, generator=generator), generator
+
+
 class DeviceLoader:
     """Whole split resident on `device` as uint8 NCHW; batches are made by indexing, augmenting
     and normalising on the device.
@@ -75,18 +90,14 @@ class DeviceLoader:
         return other
 
     def __len__(self) -> int:
-        n, bs = self.num_samples, self.batch_size
-        if self.train and n >= bs:
-            return n // bs
-        return -(-n // bs)
+        return batches_per_epoch(self.num_samples, self.batch_size, self.train)
 
     def __iter__(self) -> Iterator[Batch]:
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        n = self.num_samples
         if self.train:
-            order = to_device_async(torch.randperm(n, generator=generator), self.device)
+            order, generator = training_order(self.num_samples, self.seed, self.epoch)
+            order = to_device_async(order, self.device)
         else:
-            order = torch.arange(n, device=self.device)
+            order = torch.arange(self.num_samples, device=self.device)
         for i in range(len(self)):
             idx = order[i * self.batch_size : (i + 1) * self.batch_size]
             x = normalize(self.images[idx], self.mean, self.std)

@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, Dataset, get_worker_info
 from torchvision import transforms
 
 from bilateral.data.hierarchy import HierarchicalSplit
-from bilateral.data.loader import LoaderOptions
+from bilateral.data.loader import LoaderOptions, batches_per_epoch, training_order
 from bilateral.errors import ConfigError
 
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
@@ -69,7 +69,7 @@ def sample_seed(seed: int, epoch: int, sample: int) -> int:
 class Batches:
     """The DataLoader's batch_sampler: this rank's batches of sample keys (index, epoch or None).
 
-    The order is DeviceLoader's: torch.randperm seeded with (seed, epoch) for training, the
+    The order is DeviceLoader's (bilateral.data.loader.training_order) for training, the
     given order otherwise. With world > 1, each batch is cut to this rank's contiguous share,
     the slice train.py takes of the memory loader's global batches.
     """
@@ -80,15 +80,11 @@ class Batches:
         self.epoch = 0
 
     def __len__(self) -> int:
-        n, bs = self.num_samples, self.batch_size
-        if self.train and n >= bs:
-            return n // bs
-        return -(-n // bs)
+        return batches_per_epoch(self.num_samples, self.batch_size, self.train)
 
     def __iter__(self) -> Iterator[list[tuple[int, int | None]]]:
         if self.train:
-            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-            order = torch.randperm(self.num_samples, generator=generator).tolist()
+            order = training_order(self.num_samples, self.seed, self.epoch)[0].tolist()
         else:
             order = list(range(self.num_samples))
         epoch = self.epoch if self.train else None
