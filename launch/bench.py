@@ -16,11 +16,14 @@ starts its workers), then --epochs timed epochs. The ratio column is against the
 train: training images/s and step time of one ResNet-9 (both heads, Adam, batch 256) for: the
 plain baseline (torch DataLoader over PIL images with per-image transforms, fp32), the
 device-resident memory path, FFCV, each with channels_last / bf16 / torch.compile where asked,
-and fused training of K = 1, 4, 10 models as one network; ratios to the baseline; the achieved
-TFLOP/s (6 x multiply-accumulates per image: compare with the device's peak); and the wall
-time the `fast` and `paper` presets would take on this device at this width (a projection from
-the best single-model rate, scaled by each run's forward cost). On a CPU the default width is 1/4
-so the benchmark finishes in a few minutes; on a GPU it is the paper's width 1.
+and fused training of K = 1, 4, 10 models as one network. Every variant is built and warmed up
+first, then timed in --rounds rounds of --steps steps, all variants in turn each round, so a
+shared machine's slow spells fall on all of them alike; the table gives each variant's median
+round, ratios to the baseline, the achieved TFLOP/s (6 x multiply-accumulates per image: compare
+with the device's peak) and the spread across rounds; then the wall time the `fast` and `paper`
+presets would take on this device at this width (a projection from the best single-model rate,
+scaled by each run's forward cost). On a CPU the default width is 1/4 so the benchmark finishes
+in a few minutes; on a GPU it is the paper's width 1.
 
 pack: when packing several runs on one device helps. For each width (--widths), the aggregate
 training images/s of P runs (--runs) of the memory path, all three training the identical step:
@@ -158,6 +161,73 @@ def _train_indices(data, subset: int | None) -> np.ndarray:
     return stratified_subset(data.train.fine, subset, seed=0) if subset else np.arange(len(data.train))
 
 
+class TrainingSteps:
+    """One variant's training step (model, optimiser, loader), built and warmed up once and then
+    timed in as many windows as asked: variants timed in turn, round after round, meet the same
+    slow and fast moments of a shared machine, so their ratios stay fair."""
+
+    def __init__(self, variant: dict, args, data, indices, device: torch.device, width: float) -> None:
+        k = variant.get("fuse", 0)
+        mean, std = data.mean_std()
+        nets = []
+        for seed in range(max(k, 1)):
+            torch.manual_seed(seed)
+            nets.append(UnilateralNet(build_backbone("resnet9", width), data.num_fine, data.num_coarse))
+        model = (fuse(nets) if k else nets[0]).to(device)
+        channels_last = variant.get("channels_last", False)
+        if channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        self.forward = torch.compile(model) if variant.get("compile") else model
+        fused_adam = device.type == "cuda" or None
+        self.optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, weight_decay=1e-5, fused=fused_adam)
+        beton = None
+        if variant["loader"] == "ffcv":
+            beton = prepare_betons(data, {"train": ("train", indices)}, args.data_dir)["train"]
+        opts = LoaderOptions(args.batch_size, device, mean, std, True, 0, channels_last)
+        first = make_loader(variant["loader"], data.train, indices, opts, beton=beton, workers=args.workers)
+        self.loaders = [first, *(first.with_seed(seed) for seed in range(1, max(k, 1)))]  # as fused training
+        self.autocast = torch.autocast(device.type, dtype=torch.bfloat16) if variant.get("bf16") else None
+        self.k, self.device, self.images_per_step = k, device, args.batch_size * max(k, 1)
+        self.stream = self._batches()
+        model.train()
+        self.time(args.warmup)  # JIT, autotuning, allocator, DataLoader workers
+
+    def _batches(self) -> Iterator[tuple]:
+        epoch = 0
+        while True:
+            for loader in self.loaders:
+                loader.set_epoch(epoch)
+            yield from zip(*self.loaders, strict=True)  # same data, same length
+            epoch += 1
+
+    def _step(self) -> None:
+        group, k = next(self.stream), self.k
+        x = stack_inputs([b[0] for b in group]) if k else group[0][0]
+        with self.autocast or contextlib.nullcontext():
+            outputs = self.forward(x)
+        if k:
+            outputs = split_outputs(outputs, k)
+            loss = sum(loss_fn({h: z[i] for h, z in outputs.items()}, *group[i][1:], 0.0) for i in range(k))
+        else:
+            loss = loss_fn(outputs, *group[0][1:], 0.0)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def time(self, steps: int) -> float:
+        """Seconds that `steps` training steps take, the device's queue drained before and after."""
+        self._sync()
+        tic = time.perf_counter()
+        for _ in range(steps):
+            self._step()
+        self._sync()
+        return time.perf_counter() - tic
+
+
 def _train_rate(
     variant: dict, args, data, indices, device, width, barrier: Callable[[], None] | None = None
 ) -> tuple[float, float]:
@@ -165,67 +235,11 @@ def _train_rate(
 
     barrier, if given, is called between the two, so that concurrent processes time the same window.
     """
-    k = variant.get("fuse", 0)
-    mean, std = data.mean_std()
-    nets = []
-    for seed in range(max(k, 1)):
-        torch.manual_seed(seed)
-        nets.append(UnilateralNet(build_backbone("resnet9", width), data.num_fine, data.num_coarse))
-    model = (fuse(nets) if k else nets[0]).to(device)
-    channels_last = variant.get("channels_last", False)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    forward = torch.compile(model) if variant.get("compile") else model
-    fused_adam = device.type == "cuda"
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, weight_decay=1e-5, fused=fused_adam or None)
-    beton = None
-    if variant["loader"] == "ffcv":
-        beton = prepare_betons(data, {"train": ("train", indices)}, args.data_dir)["train"]
-    opts = LoaderOptions(args.batch_size, device, mean, std, True, 0, channels_last)
-    first = make_loader(variant["loader"], data.train, indices, opts, beton=beton, workers=args.workers)
-    loaders = [first, *(first.with_seed(seed) for seed in range(1, max(k, 1)))]  # as fused training does
-    autocast = (
-        torch.autocast(device.type, dtype=torch.bfloat16) if variant.get("bf16") else contextlib.nullcontext()
-    )
-
-    def batches():
-        epoch = 0
-        while True:
-            for loader in loaders:
-                loader.set_epoch(epoch)
-            yield from zip(*loaders, strict=True)  # same data, same length
-            epoch += 1
-
-    stream = batches()
-    model.train()
-
-    def step():
-        group = next(stream)
-        x = stack_inputs([b[0] for b in group]) if k else group[0][0]
-        with autocast:
-            outputs = forward(x)
-        if k:
-            outputs = split_outputs(outputs, k)
-            loss = sum(loss_fn({h: z[i] for h, z in outputs.items()}, *group[i][1:], 0.0) for i in range(k))
-        else:
-            loss = loss_fn(outputs, *group[0][1:], 0.0)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-
-    for _ in range(args.warmup):
-        step()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    steps = TrainingSteps(variant, args, data, indices, device, width)
     if barrier:
         barrier()
-    tic = time.perf_counter()
-    for _ in range(args.steps):
-        step()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    seconds = time.perf_counter() - tic
-    return args.steps * args.batch_size * max(k, 1) / seconds, 1000 * seconds / args.steps
+    seconds = steps.time(args.steps)
+    return args.steps * steps.images_per_step / seconds, 1000 * seconds / args.steps
 
 
 def _projected_hours(preset: str, images_per_s: float, width: float) -> float:
@@ -269,19 +283,38 @@ def bench_train(args: argparse.Namespace) -> int:
     gflop = 6 * _macs(UnilateralNet(build_backbone("resnet9", width), data.num_fine, data.num_coarse)) / 1e9
     print(f"{data.name}: ResNet-9 width {width} ({count_parameters(build_backbone('resnet9', width)):,} "
           f"backbone parameters, {gflop:.2f} GFLOP per image forward + backward), batch {args.batch_size} "
-          f"per model, Adam, device {device}, {args.warmup} warm-up + {args.steps} timed steps")  # fmt: skip
-    rows = []
+          f"per model, Adam, device {device}; {args.warmup} warm-up steps, then {args.rounds} rounds of "
+          f"{args.steps} timed steps of every variant in turn: the median, and spread = (max - min) / "
+          "median")  # fmt: skip
+    runners = []
     for variant in variants:
-        rate, ms = _train_rate(variant, args, data, indices, device, width)
-        rows.append({"variant": variant["name"], "images/s": rate, "ms/step": ms})
-        print(f"  {variant['name']}: {rate:,.0f} images/s, {ms:.1f} ms/step", flush=True)
-    base = rows[0]["images/s"]
-    best = max(r["images/s"] for r in rows if "fused" not in r["variant"])
-    for row in rows:
-        row["vs baseline"] = f"{row['images/s'] / base:.2f}x"
-        row["TFLOP/s"] = f"{row['images/s'] * gflop / 1e3:.2f}"  # against the device's peak: how close
-        row["images/s"] = f"{row['images/s']:,.0f}"
-        row["ms/step"] = f"{row['ms/step']:.1f}"
+        runners.append(TrainingSteps(variant, args, data, indices, device, width))
+        print(f"  built and warmed up: {variant['name']}", flush=True)
+    seconds: list[list[float]] = [[] for _ in variants]
+    for round_ in range(1, args.rounds + 1):  # in turn, so that every variant meets the same moments
+        for variant, runner, times in zip(variants, runners, seconds, strict=True):
+            times.append(runner.time(args.steps))
+            rate = args.steps * runner.images_per_step / times[-1]
+            print(f"  round {round_}/{args.rounds}, {variant['name']}: {rate:,.0f} images/s", flush=True)
+    rates = [
+        [args.steps * runner.images_per_step / t for t in times]
+        for runner, times in zip(runners, seconds, strict=True)
+    ]
+    base = float(np.median(rates[0]))
+    best = max(float(np.median(r)) for v, r in zip(variants, rates, strict=True) if not v.get("fuse"))
+    rows = []
+    for variant, rounds, times in zip(variants, rates, seconds, strict=True):
+        rate = float(np.median(rounds))
+        rows.append(
+            {
+                "variant": variant["name"],
+                "images/s": f"{rate:,.0f}",
+                "ms/step": f"{1000 * float(np.median(times)) / args.steps:.1f}",
+                "vs baseline": f"{rate / base:.2f}x",
+                "TFLOP/s": f"{rate * gflop / 1e3:.2f}",  # against the device's peak: how close
+                "spread": f"{100 * (max(rounds) - min(rounds)) / rate:.0f}%",
+            }
+        )
     print(tabulate(rows, headers="keys", tablefmt="github"))
     print(
         f"\nprojected wall time at the best single-model rate "
@@ -450,7 +483,10 @@ def main(argv: list[str]) -> int:
     train.add_argument("--workers", type=int, default=os.cpu_count(), help="loader workers / torch threads")
     train.add_argument("--subset", type=int, help="stratified subset of the training images")
     train.add_argument("--warmup", type=int, default=3, help="untimed steps first (JIT, autotuning)")
-    train.add_argument("--steps", type=int, default=10, help="timed steps")
+    train.add_argument("--steps", type=int, default=10, help="timed steps of one round")
+    train.add_argument(
+        "--rounds", type=int, default=3, help="rounds of timing every variant in turn; the median counts"
+    )
     train.add_argument(
         "--fuse",
         type=lambda t: [int(k) for k in t.split(",")],

@@ -17,12 +17,14 @@ def rows(out: str) -> list[list[str]]:
 
 def test_train_benchmark_prints_ratios_and_projections(capsys):
     argv = ["train", *DATA, "--device", "cpu", "--width", "0.125", "--subset", "600", "--batch-size", "64"]
-    assert main([*argv, "--warmup", "1", "--steps", "1", "--fuse", "2"]) == 0
+    assert main([*argv, "--warmup", "1", "--steps", "1", "--rounds", "2", "--fuse", "2"]) == 0
     out = capsys.readouterr().out
     table = rows(out)
     assert [r[0] for r in table][:2] == ["baseline: torch DataLoader + PIL, fp32", "memory"]
     assert table[-1][0] == "memory, fused K=2" and table[0][3] == "1.00x"
     assert all(re.fullmatch(r"\d+\.\d\dx", r[3]) and float(r[4]) > 0 for r in table)
+    assert all(re.fullmatch(r"\d+%", r[5]) for r in table)
+    assert out.count("round 2/2, memory, fused K=2:") == 1  # every variant timed in each round
     assert re.search(r"fast: \d+\.\d h", out) and re.search(r"paper: \d+\.\d h", out)
 
 
