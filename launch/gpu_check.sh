@@ -71,7 +71,7 @@ for name in "${stages[@]}"; do
   case $name in
     tests) stage tests 300 "$PYTHON" -m pytest tests/test_gpu.py -v -p no:cacheprovider ;;
     bench) stage bench 300 "$PYTHON" launch/bench.py train --device "$DEVICE" --data "$DATA" \
-             ${BENCH_ARGS:---compile --steps 30} ;;
+             ${BENCH_ARGS:---compile --steps 20} ;;
     pack) stage pack 240 "$PYTHON" launch/bench.py pack --device "$DEVICE" --data "$DATA" \
             ${PACK_ARGS:---bf16 --channels-last} ;;
     sweep)
