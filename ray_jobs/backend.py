@@ -146,7 +146,7 @@ class TuneExecutor:
         self.stage += 1
         workers = args.workers_per_run
         gpus = args.gpus_per_run or 0.0
-        cpus = args.cpus_per_run or 1.0
+        cpus = 1.0 if args.cpus_per_run is None else args.cpus_per_run
         common = {
             "root": str(self.store.root.resolve()),
             "device": self.cfg.device,

@@ -21,6 +21,7 @@ import urllib.request
 import uuid
 from pathlib import Path
 
+RAY_CLI = Path(sys.executable).with_name("ray")  # the ray command of this environment, not PATH's
 ENV = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
 # The ports every Ray node opens (a head adds --port, --ray-client-server-port and --dashboard-port). Every
 # one is picked free: a default one (the job agent's 52365) may still be held by another Ray on this
@@ -48,10 +49,9 @@ def start(num_cpus: int, state: Path, timeout_s: float = 120.0) -> dict:
     temp_dir = f"/tmp/bilateral-ray-{uuid.uuid4().hex[:8]}"
     port, dashboard = free_port(), free_port()
     ports = {flag: free_port() for flag in PORT_FLAGS}
-    ray = Path(sys.executable).with_name("ray")
-    env = {**os.environ, **ENV, "PATH": f"{ray.parent}:{os.environ.get('PATH', '')}"}
+    env = {**os.environ, **ENV, "PATH": f"{RAY_CLI.parent}:{os.environ.get('PATH', '')}"}
     cmd = [
-        str(ray),
+        str(RAY_CLI),
         "start",
         "--head",
         "--node-ip-address=127.0.0.1",

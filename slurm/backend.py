@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import json
 import logging
 import re
 import subprocess
@@ -312,8 +313,6 @@ class Ledger:
         self.path = store.root / "slurm" / "jobs.json"
         self.runs: dict[str, dict] = {}
         if self.path.is_file():
-            import json
-
             self.runs = json.loads(self.path.read_text()).get("runs", {})
 
     def add(self, jobs: list[tuple[str, list[RunSpec]]], tasks: int) -> None:

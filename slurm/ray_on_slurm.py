@@ -30,7 +30,7 @@ import submitit
 from bilateral.config import SweepConfig
 from bilateral.experiment import Plan
 from bilateral.store import SweepStore, write_json
-from ray_jobs.cluster import ENV, PORT_FLAGS, free_port, stop_processes
+from ray_jobs.cluster import ENV, PORT_FLAGS, RAY_CLI, free_port, stop_processes
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ class RayAllocation(submitit.helpers.Checkpointable):
         ip = node_ip(env.hostname)
         temp_dir = f"/tmp/bilateral-ray-{env.job_id}-{env.global_rank}"  # short: Ray's socket paths
         cmd = [
-            str(Path(sys.executable).with_name("ray")),
+            str(RAY_CLI),
             "start",
             "--block",
             f"--node-ip-address={ip}",
@@ -85,7 +85,7 @@ class RayAllocation(submitit.helpers.Checkpointable):
         else:
             address = self._wait_for(head_file)["address"]
             cmd += [f"--address={address}"]
-        ray_env = {**os.environ, **ENV, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+        ray_env = {**os.environ, **ENV, "PATH": f"{RAY_CLI.parent}:{os.environ['PATH']}"}
         log.info("task %d on %s: %s", env.global_rank, env.hostname, " ".join(cmd))
         ray = subprocess.Popen(cmd, env=ray_env, stdout=sys.stdout, stderr=sys.stderr)
         try:
@@ -109,7 +109,7 @@ class RayAllocation(submitit.helpers.Checkpointable):
             if ray.poll() is not None:
                 raise RuntimeError(f"ray start --head exited with {ray.returncode}")
             probe = subprocess.run(
-                [str(Path(sys.executable).with_name("ray")), "status", f"--address={address}"],
+                [str(RAY_CLI), "status", f"--address={address}"],
                 capture_output=True,
                 text=True,
             )
