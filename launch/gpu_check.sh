@@ -14,16 +14,19 @@
 #   sweep   the `fast` preset on real CIFAR-10 (SWEEP_ARGS, default seed 0 of the bilateral
 #           comparison), cut at SWEEP_SECONDS (default 300); summary.csv and runs.csv of what
 #           finished. Rerunning the stage on a still-warm machine resumes the sweep.
+# Exit status 1 when a stage failed (a sweep cut at its time limit is not a failure).
 # Each stage stops at its time limit (tests 300 s, bench 300 s, pack 240 s, sweep SWEEP_SECONDS), so
 # a 15-minute lease fits `tests bench pack` in one call and `sweep` in a second on the warm machine.
-# Environment: PYTHON (default python3), OUT, DEVICE (default cuda), SWEEP_SECONDS, and the
-# arguments that replace each stage's defaults: BENCH_ARGS, PACK_ARGS, SWEEP_ARGS.
+# Environment: PYTHON (default python3), OUT, DEVICE (default cuda), DEVICE_DIR (default .device),
+# RESULTS (the sweep's --out, default results), SWEEP_SECONDS, and the arguments that replace each
+# stage's defaults: BENCH_ARGS, PACK_ARGS, SWEEP_ARGS.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-DEVICE_DIR=.device
+DEVICE_DIR=${DEVICE_DIR:-.device}
 DATA="cifar10-hier:$DEVICE_DIR/cifar10-jpg.tar.gz"
 PYTHON=${PYTHON:-python3}
 OUT=${OUT:-gpu-check}
+RESULTS=${RESULTS:-results}
 DEVICE=${DEVICE:-cuda}
 COMPARISON=bilateral-specialised,bilateral-unspecialised,unilateral  # + the two hemispheres
 
@@ -32,7 +35,7 @@ prepare() {
   # tabulate, pillow and pytest serve as they are), built here as wheels; and the real data.
   set -e
   mkdir -p "$DEVICE_DIR/wheels"
-  .venv/bin/python -m pip wheel -q --no-deps -w "$DEVICE_DIR/wheels" omegaconf==2.3.0 antlr4-python3-runtime==4.9.3
+  "$PYTHON" -m pip wheel -q --no-deps -w "$DEVICE_DIR/wheels" omegaconf==2.3.0 antlr4-python3-runtime==4.9.3
   cp ../shared/data/cifar10-jpg/cifar10-jpg.tar.gz "$DEVICE_DIR/"
   du -sh "$DEVICE_DIR"
   echo "carry $DEVICE_DIR in the device call: run(command='bash launch/gpu_check.sh', carry=['$DEVICE_DIR'])"
@@ -46,6 +49,7 @@ stage() {  # stage NAME SECONDS COMMAND...: run with a time limit, log to $OUT/N
   timeout --signal=INT --kill-after=20 "$seconds" "$@" 2>&1 | tee -a "$OUT/$name.log"
   local rc=${PIPESTATUS[0]}
   outcomes+=("$name: exit $rc after $((SECONDS - tic)) s")
+  [ "$rc" = 0 ] || [ "$name:$rc" = sweep:124 ] || failed+=("$name")  # a sweep cut short resumes
 }
 
 if [ "${1:-}" = prepare ]; then
@@ -53,12 +57,13 @@ if [ "${1:-}" = prepare ]; then
   exit
 fi
 [ -d "$DEVICE_DIR/wheels" ] || { echo "no $DEVICE_DIR/wheels: run 'bash launch/gpu_check.sh prepare' here first, then carry $DEVICE_DIR"; exit 2; }
-mkdir -p "$OUT" /tmp/bilateral-site
-"$PYTHON" -m pip install -q --no-index --no-deps --no-compile --target /tmp/bilateral-site "$DEVICE_DIR"/wheels/*.whl
-export PYTHONPATH="/tmp/bilateral-site:$PWD" PYTHONUNBUFFERED=1
+mkdir -p "$OUT"
+site=$(mktemp -d)
+"$PYTHON" -m pip install -q --no-index --no-deps --no-compile --target "$site" "$DEVICE_DIR"/wheels/*.whl
+export PYTHONPATH="$site:$PWD" PYTHONUNBUFFERED=1
 stages=("$@")
 [ ${#stages[@]} -gt 0 ] || stages=(tests bench pack sweep)
-outcomes=()
+outcomes=() failed=()
 {
   date -u
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1
@@ -76,10 +81,11 @@ for name in "${stages[@]}"; do
             ${PACK_ARGS:---bf16 --channels-last} ;;
     sweep)
       stage sweep "${SWEEP_SECONDS:-300}" "$PYTHON" launch/sweep.py --preset fast --data "$DATA" \
-        --device "$DEVICE" --name gpu-check ${SWEEP_ARGS:---seeds 0 --models $COMPARISON}
-      "$PYTHON" launch/aggregate.py results/gpu-check 2>&1 | tee -a "$OUT/sweep.log"  # what finished
-      cp results/gpu-check/summary.csv results/gpu-check/runs.csv "$OUT/" 2>/dev/null ;;
+        --device "$DEVICE" --out "$RESULTS" --name gpu-check ${SWEEP_ARGS:---seeds 0 --models $COMPARISON}
+      "$PYTHON" launch/aggregate.py "$RESULTS/gpu-check" 2>&1 | tee -a "$OUT/sweep.log"  # what finished
+      cp "$RESULTS"/gpu-check/{summary,runs}.csv "$OUT/" 2>/dev/null ;;
     *) echo "unknown stage $name: choose from tests bench pack sweep"; exit 2 ;;
   esac
 done
 printf '%s\n' "${outcomes[@]}"  # last: the end of the output is what a device call returns
+[ ${#failed[@]} = 0 ] || { echo "failed: ${failed[*]}"; exit 1; }
