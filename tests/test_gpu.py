@@ -1,6 +1,6 @@
 """The CUDA fast path: no host sync per training step, the same batches and steps as on CPU, and
-the bf16 / channels_last / fused / compiled variants training. GPU-only: skipped where CUDA is
-absent; `launch/gpu_check.sh` runs them on a lent GPU."""
+the bf16 / channels_last / fused / compiled variants training like the plain path. GPU-only:
+skipped where CUDA is absent; `launch/gpu_check.sh` runs them on a lent GPU."""
 
 import warnings
 
@@ -110,6 +110,16 @@ def test_cuda_steps_match_cpu_steps_with_the_fast_path_off(tmp_path):
     assert abs(cpu["val_acc_fine"] - cuda["val_acc_fine"]) < 0.05
 
 
+def train_losses(tmp_path, *overrides: str) -> list[list[float]]:
+    """Each member's training loss per epoch: two runs fused, 6 epochs (fp32 on CPU: member 0
+    4.71 -> 3.84, member 1 4.66 -> 2.75)."""
+    specs = specs_of("unilateral", "train.epochs=6", *overrides, seeds="[0,1]")
+    store = SweepStore(tmp_path)
+    for record in run_group(specs, store, device="cuda", data_dir=DATA_DIR):
+        assert record["device"] != "cpu"
+    return [[m["train_loss"] for m in store.run(s.run_id).read_metrics()] for s in specs]
+
+
 @pytest.mark.parametrize(
     "fast",
     [
@@ -118,13 +128,8 @@ def test_cuda_steps_match_cpu_steps_with_the_fast_path_off(tmp_path):
     ],
     ids=["bf16+channels_last", "compile"],
 )
-def test_fast_path_variants_learn(tmp_path, fast):
-    """Two runs fused, 4 epochs (fp32 on CPU: validation score 0.16 -> 0.37, loss 4.64 -> 3.44)."""
-    specs = specs_of("unilateral", "train.epochs=4", *fast, seeds="[0,1]")
-    store = SweepStore(tmp_path)
-    records = run_group(specs, store, device="cuda", data_dir=DATA_DIR)
-    for spec, record in zip(specs, records, strict=True):
-        first, *_, last = store.run(spec.run_id).read_metrics()
-        assert np.isfinite(last["train_loss"]) and last["train_loss"] < first["train_loss"] - 0.5
-        assert last["val_score"] > first["val_score"] + 0.05
-        assert record["device"] != "cpu"
+def test_fast_path_variants_train_like_the_plain_path(tmp_path, fast):
+    plain = train_losses(tmp_path / "plain")
+    for losses, reference in zip(train_losses(tmp_path / "fast", *fast), plain, strict=True):
+        assert np.isfinite(losses).all() and losses[-1] < losses[0] - 0.5
+        assert abs(losses[-1] - reference[-1]) < 0.35, (losses, reference)  # bf16 rounding, not a bug
