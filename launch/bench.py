@@ -161,6 +161,16 @@ def _train_indices(data, subset: int | None) -> np.ndarray:
     return stratified_subset(data.train.fine, subset, seed=0) if subset else np.arange(len(data.train))
 
 
+def _endless(loaders: list) -> Iterator[tuple]:
+    """The loaders' batches side by side, epoch after epoch."""
+    epoch = 0
+    while True:
+        for loader in loaders:
+            loader.set_epoch(epoch)
+        yield from zip(*loaders, strict=True)  # same data, same length
+        epoch += 1
+
+
 class TrainingSteps:
     """One variant's training step (model, optimiser, loader), built and warmed up once and then
     timed in as many windows as asked: variants timed in turn, round after round, meet the same
@@ -188,17 +198,10 @@ class TrainingSteps:
         self.loaders = [first, *(first.with_seed(seed) for seed in range(1, max(k, 1)))]  # as fused training
         self.autocast = torch.autocast(device.type, dtype=torch.bfloat16) if variant.get("bf16") else None
         self.k, self.device, self.images_per_step = k, device, args.batch_size * max(k, 1)
-        self.stream = self._batches()
+        self.stream = _endless(self.loaders)  # not a method: a generator holding self would be a cycle,
+        # freed only by the garbage collector, maybe at exit, after the loaders' threads are gone
         model.train()
         self.time(args.warmup)  # JIT, autotuning, allocator, DataLoader workers
-
-    def _batches(self) -> Iterator[tuple]:
-        epoch = 0
-        while True:
-            for loader in self.loaders:
-                loader.set_epoch(epoch)
-            yield from zip(*self.loaders, strict=True)  # same data, same length
-            epoch += 1
 
     def _step(self) -> None:
         group, k = next(self.stream), self.k
@@ -290,31 +293,24 @@ def bench_train(args: argparse.Namespace) -> int:
     for variant in variants:
         runners.append(TrainingSteps(variant, args, data, indices, device, width))
         print(f"  built and warmed up: {variant['name']}", flush=True)
-    seconds: list[list[float]] = [[] for _ in variants]
-    for round_ in range(1, args.rounds + 1):  # in turn, so that every variant meets the same moments
-        for variant, runner, times in zip(variants, runners, seconds, strict=True):
-            times.append(runner.time(args.steps))
-            rate = args.steps * runner.images_per_step / times[-1]
-            print(f"  round {round_}/{args.rounds}, {variant['name']}: {rate:,.0f} images/s", flush=True)
-    rates = [
-        [args.steps * runner.images_per_step / t for t in times]
-        for runner, times in zip(runners, seconds, strict=True)
+    rates: list[list[float]] = [[] for _ in variants]  # images/s of each round
+    for n in range(1, args.rounds + 1):  # in turn, so that every variant meets the same moments
+        for variant, runner, rounds in zip(variants, runners, rates, strict=True):
+            rounds.append(args.steps * runner.images_per_step / runner.time(args.steps))
+            print(f"  round {n}/{args.rounds}, {variant['name']}: {rounds[-1]:,.0f} images/s", flush=True)
+    medians = [float(np.median(rounds)) for rounds in rates]
+    best = max(rate for variant, rate in zip(variants, medians, strict=True) if not variant.get("fuse"))
+    rows = [
+        {
+            "variant": variant["name"],
+            "images/s": f"{rate:,.0f}",
+            "ms/step": f"{1000 * runner.images_per_step / rate:.1f}",
+            "vs baseline": f"{rate / medians[0]:.2f}x",
+            "TFLOP/s": f"{rate * gflop / 1e3:.2f}",  # against the device's peak: how close
+            "spread": f"{100 * (max(rounds) - min(rounds)) / rate:.0f}%",
+        }
+        for variant, runner, rounds, rate in zip(variants, runners, rates, medians, strict=True)
     ]
-    base = float(np.median(rates[0]))
-    best = max(float(np.median(r)) for v, r in zip(variants, rates, strict=True) if not v.get("fuse"))
-    rows = []
-    for variant, rounds, times in zip(variants, rates, seconds, strict=True):
-        rate = float(np.median(rounds))
-        rows.append(
-            {
-                "variant": variant["name"],
-                "images/s": f"{rate:,.0f}",
-                "ms/step": f"{1000 * float(np.median(times)) / args.steps:.1f}",
-                "vs baseline": f"{rate / base:.2f}x",
-                "TFLOP/s": f"{rate * gflop / 1e3:.2f}",  # against the device's peak: how close
-                "spread": f"{100 * (max(rounds) - min(rounds)) / rate:.0f}%",
-            }
-        )
     print(tabulate(rows, headers="keys", tablefmt="github"))
     print(
         f"\nprojected wall time at the best single-model rate "

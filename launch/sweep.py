@@ -98,13 +98,10 @@ def resolve_config(args: argparse.Namespace) -> SweepConfig:
 
 
 def preflight(cfg: SweepConfig, plan: Plan) -> None:
-    """Fail before any training on what would fail every run: the data, the loader's library, and
-    every architecture."""
+    """Fail before any training on what would fail every run: the data, and every architecture."""
     from bilateral.assemble import build_model
     from bilateral.train import load_data
 
-    if cfg.data.loader == "ffcv":
-        require("ffcv", "data.loader=ffcv")
     data = load_data(cfg.data.source, cfg.data_dir, cfg.data.verify_md5)
     for spec in {(s.kind, s.backbone, s.right_backbone): s for s in plan.runs if s.trains}.values():
         build_model(spec, data.num_fine, data.num_coarse)
@@ -136,7 +133,21 @@ def _slurm_backend():
 
 # Each backend module has add_arguments(parser) and run(args, cfg, plan, store) -> {run_id: error}.
 BACKENDS = {"local": lambda: LocalBackend, "ray": _ray_backend, "slurm": _slurm_backend}
-NEEDS = {"ray": "ray", "slurm": "submitit"}  # the library each backend drives (an optional extra)
+BACKEND_LIBRARY = {"ray": "ray", "slurm": "submitit"}  # what each backend drives (an optional extra)
+
+
+def required_libraries(args: argparse.Namespace, cfg: SweepConfig) -> dict[str, str]:
+    """{module: what needs it} of the optional extras this command uses: checked before any training."""
+    needs = {}
+    if args.cluster in BACKEND_LIBRARY:
+        needs[BACKEND_LIBRARY[args.cluster]] = f"--cluster {args.cluster}"
+    if cfg.data.loader == "ffcv":
+        needs["ffcv"] = "data.loader=ffcv"
+    if args.analyze:
+        from bilateral.analysis import LIBRARIES
+
+        needs.update(dict.fromkeys(LIBRARIES, "--analyze"))
+    return needs
 
 
 def main(argv: list[str]) -> int:
@@ -158,11 +169,8 @@ def main(argv: list[str]) -> int:
                 groups = [group_name(g) for g in fusion_groups(stage, args.fuse, store)]
                 print(f"stage {number} with --fuse {args.fuse}: {len(groups)} trainings: {', '.join(groups)}")
         return 0
-    if args.cluster in NEEDS:
-        require(NEEDS[args.cluster], f"--cluster {args.cluster}")
-    if args.analyze:
-        require("matplotlib", "--analyze")
-        require("pytorch_grad_cam", "--analyze")
+    for module, purpose in required_libraries(args, cfg).items():
+        require(module, purpose)
     preflight(cfg, plan)
     store.write_plan(to_dict(cfg), plan.runs)
     log.info("sweep %s: %d runs in %d stages -> %s", cfg.name, len(plan.runs), len(plan.stages), store.root)

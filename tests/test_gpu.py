@@ -30,13 +30,13 @@ def count_syncs(fn) -> int:
     return sum("synchronizing" in str(w.message) for w in caught)
 
 
-def specs_of(kind: str, *overrides: str, seeds: str = "[0]"):
+def unilateral_specs(*overrides: str, seeds: str = "[0]"):
     cfg = tiny_config(f"plan.seeds={seeds}", "plan.models=[unilateral]", *overrides)
-    return [s for s in build_plan(cfg).runs if s.kind == kind]
+    return build_plan(cfg).runs
 
 
 def training_split():
-    (spec,) = specs_of("unilateral")
+    (spec,) = unilateral_specs()
     data = load_data(spec.data.source, DATA_DIR, True)
     return data, make_splits(data, spec).train
 
@@ -79,7 +79,7 @@ def test_host_syncs_do_not_grow_with_the_steps_of_an_epoch(tmp_path, fuse):
     seeds = "[0,1]" if fuse == 2 else "[0]"
 
     def syncs(train_images: int, name: str) -> int:
-        specs = specs_of("unilateral", f"data.train_subset={train_images}", "train.epochs=1", seeds=seeds)
+        specs = unilateral_specs(f"data.train_subset={train_images}", "train.epochs=1", seeds=seeds)
         store = SweepStore(tmp_path / name)
         return count_syncs(lambda: run_group(specs, store, device="cuda", data_dir=DATA_DIR))
 
@@ -89,7 +89,7 @@ def test_host_syncs_do_not_grow_with_the_steps_of_an_epoch(tmp_path, fuse):
 
 def test_cuda_steps_match_cpu_steps_with_the_fast_path_off(tmp_path):
     """fp32 on CUDA (TF32 off) trains the same network as on CPU: two epochs' records agree."""
-    (spec,) = specs_of("unilateral", "train.epochs=2", "optim.name=sgd", "optim.lr=0.05")
+    (spec,) = unilateral_specs("train.epochs=2", "optim.name=sgd", "optim.lr=0.05")
     torch.backends.cudnn.allow_tf32 = False
     try:
         records = {
@@ -113,7 +113,7 @@ def test_cuda_steps_match_cpu_steps_with_the_fast_path_off(tmp_path):
 def train_losses(tmp_path, *overrides: str) -> list[list[float]]:
     """Each member's training loss per epoch: two runs fused, 6 epochs (fp32 on CPU: member 0
     4.71 -> 3.84, member 1 4.66 -> 2.75)."""
-    specs = specs_of("unilateral", "train.epochs=6", *overrides, seeds="[0,1]")
+    specs = unilateral_specs("train.epochs=6", *overrides, seeds="[0,1]")
     store = SweepStore(tmp_path)
     for record in run_group(specs, store, device="cuda", data_dir=DATA_DIR):
         assert record["device"] != "cpu"

@@ -31,6 +31,7 @@ from bilateral.extras import require
 
 log = logging.getLogger(__name__)
 PARTS = ("scenarios", "gradcam", "similarity", "attribution")
+LIBRARIES = ("matplotlib", "pytorch_grad_cam")  # the `analysis` extra: figures, Grad-CAM
 
 __all__ = ["PARTS", "AnalysisError", "AnalysisResult", "analyze_sweep", "run_analysis"]
 
@@ -57,7 +58,7 @@ def run_analysis(
     full-width nets on a CPU take a while). Raises AnalysisError only when the directory is not a
     sweep; a part that cannot run is recorded in `errors` and in report.md.
     """
-    for module in ("matplotlib", "pytorch_grad_cam"):
+    for module in LIBRARIES:
         require(module, "the analysis (figures, Grad-CAM)")
     from bilateral.analysis import attribution, gradcam, scenarios, similarity
 
