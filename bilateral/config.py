@@ -57,9 +57,11 @@ class TrainConfig:
     epochs: int = 180
     batch_size: int = 256
     eval_batch_size: int = 1024
-    bf16: bool = False  # autocast on CUDA only; CPU runs stay fp32
+    bf16: bool = False  # bf16 autocast for training on GPUs that have bf16 kernels; evaluation stays fp32
     channels_last: bool = False
     compile: bool = False
+    checkpoint_every: int = 1  # write `last` (and a pending `best`) every N epochs and after the last one
+    sync_bn: bool = True  # DDP on GPU: BatchNorm statistics over the global batch (syncs the host per step)
 
 
 @dataclass
@@ -177,6 +179,13 @@ def validate(cfg: SweepConfig) -> None:
             raise ConfigError(f"{key}={value!r} is not supported: choose one of {', '.join(allowed)}")
     if cfg.train.epochs < 1 or cfg.train.batch_size < 1:
         raise ConfigError("train.epochs and train.batch_size must be at least 1")
+    if cfg.train.checkpoint_every < 1:
+        raise ConfigError(
+            f"train.checkpoint_every={cfg.train.checkpoint_every}: write checkpoints every N >= 1 epochs"
+        )
+    from bilateral.placement import check_device
+
+    check_device(cfg.device)
     if not cfg.plan.seeds:
         raise ConfigError("plan.seeds is empty: give at least one seed (e.g. --seeds 0)")
     if any(k < 1 or k > cfg.plan.pool_size for k in cfg.plan.ensemble_top):

@@ -60,7 +60,10 @@ class RunSpec:
 
     @property
     def run_id(self) -> str:
-        digest = hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:8]
+        """Hash of what changes results: how often checkpoints are written does not."""
+        identity = self.to_dict()
+        identity["train"].pop("checkpoint_every")
+        digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:8]
         member = f"-m{self.member}" if self.member else ""
         return f"{self.model_name}-{self.backbone_name}-s{self.seed}{member}-{digest}"
 

@@ -11,6 +11,7 @@ from tqdm import tqdm
 
 from bilateral.errors import BilateralError
 from bilateral.experiment import Plan, RunSpec, group_name
+from bilateral.placement import Placement
 from bilateral.store import SweepStore
 from bilateral.train import run_group
 
@@ -70,9 +71,16 @@ class InProcessExecutor:
     and the debug mode."""
 
     def __init__(
-        self, store: SweepStore, plan: Plan, device: str = "auto", data_dir: str = "data", fuse: int = 1
+        self,
+        store: SweepStore,
+        plan: Plan,
+        device: str = "auto",
+        data_dir: str = "data",
+        fuse: int = 1,
+        placement: Placement | None = None,
     ):
         self.store, self.device, self.data_dir, self.fuse = store, device, data_dir, fuse
+        self.placement = placement
         finished = sum(store.run(s.run_id).is_finished() for s in plan.runs)
         self.progress = tqdm(
             total=len(plan.runs), initial=finished, desc="runs done", unit="run", dynamic_ncols=True
@@ -82,18 +90,23 @@ class InProcessExecutor:
         failed = {}
         for group in fusion_groups(specs, self.fuse, self.store):
             self.progress.set_postfix_str(group_name(group))
-            failed.update(run_logged(group, self.store, self.device, self.data_dir))
+            failed.update(run_logged(group, self.store, self.device, self.data_dir, placement=self.placement))
             self.progress.update(len(group))
         return failed
 
 
 def run_logged(
-    group: list[RunSpec], store: SweepStore, device: str, data_dir: str, write_errors: bool = True
+    group: list[RunSpec],
+    store: SweepStore,
+    device: str,
+    data_dir: str,
+    write_errors: bool = True,
+    placement: Placement | None = None,
 ) -> dict[str, str]:
     """run_group with each finished run logged; a failure is returned as {run_id: error} (and, when
     write_errors, kept in each member's error.txt) instead of raised, so that it loses no other run."""
     try:
-        records = run_group(group, store, device=device, data_dir=data_dir)
+        records = run_group(group, store, device=device, data_dir=data_dir, placement=placement)
     except Exception as exc:
         error = describe_failure(exc)
         if write_errors:

@@ -2,8 +2,8 @@
 
 Train with validation every epoch, keep the best-by-validation and the last checkpoint, test once
 at the end with the best one. A run that was interrupted resumes from its last checkpoint and, on
-CPU, ends bit-identical to an uninterrupted one: data order and augmentation are a pure function of
-(seed, epoch) and the global RNG (dropout) is saved with every checkpoint.
+CPU, ends bit-identical to an uninterrupted one: data order, augmentation and the global RNG
+(dropout) are a pure function of (seed, epoch), and of the rank under DDP.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import functools
 import hashlib
 import logging
 import math
+import os
 import platform
 import subprocess
 import time
@@ -50,6 +51,7 @@ from bilateral.models.fused import (
     unfuse,
     unfuse_optimizer_state,
 )
+from bilateral.placement import Placement, check_device
 from bilateral.store import RunStore, SweepStore
 
 log = logging.getLogger(__name__)
@@ -57,9 +59,45 @@ HEADS = ("fine", "coarse")
 
 
 def resolve_device(name: str) -> torch.device:
+    """auto, cpu, cuda or cuda:N -> the device; a GPU that torch cannot see is a clear error here, not
+    a RuntimeError deep inside the first forward pass."""
+    check_device(name)
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    dev = torch.device(name)
+    if dev.type == "cuda":
+        count = torch.cuda.device_count()
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        if count == 0 or (dev.index or 0) >= count:
+            raise ConfigError(
+                f"device {name!r}, but torch sees {count} CUDA device(s) (CUDA_VISIBLE_DEVICES="
+                f"{visible!r}, torch {torch.__version__}, CUDA build {torch.version.cuda}): run on a GPU "
+                "node or pass --device cpu"
+            )
+        dev = torch.device("cuda", torch.cuda.current_device() if dev.index is None else dev.index)
+    return dev
+
+
+def epoch_seed(seed: int, rank: int, epoch: int) -> int:
+    """The global RNG's seed (dropout masks) for one epoch of one DDP rank: different per rank, and
+    a pure function of (run, rank, epoch), so a resumed run draws the same masks again."""
+    return int.from_bytes(hashlib.sha256(f"{seed}/{rank}/{epoch}".encode()).digest()[:8], "little")
+
+
+def choose_precision(spec: RunSpec, dev: torch.device) -> tuple[str, str]:
+    """("bf16" | "fp32", why): bf16 autocast for training only where the GPU has bf16 kernels
+    (compute capability 8.0 or newer); elsewhere PyTorch would emulate it slowly."""
+    if not spec.train.bf16:
+        return "fp32", ""
+    if dev.type != "cuda":
+        return "fp32", "train.bf16 applies on CUDA GPUs only: this CPU run trains in fp32"
+    if torch.cuda.is_bf16_supported(including_emulation=False):
+        return "bf16", ""
+    major, minor = torch.cuda.get_device_capability(dev)
+    return "fp32", (
+        f"train.bf16=true, but {torch.cuda.get_device_name(dev)} (compute capability {major}.{minor}) has "
+        "no bf16 kernels: training in fp32"
+    )
 
 
 @dataclass
@@ -114,14 +152,16 @@ def run(
     device: str = "auto",
     data_dir: str = "data",
     on_epoch: EpochCallback | None = None,
+    placement: Placement | None = None,
 ) -> dict:
     """Train (or, for an ensemble, assemble) one spec and return its record; a finished run is skipped.
 
     Inside an initialised torch.distributed group (Ray Train, Slurm tasks) the run trains with DDP:
     each rank takes its share of every global batch of spec.train.batch_size, and rank 0 alone
-    writes. on_epoch receives each epoch's metrics row (progress reporting for a backend).
+    writes. on_epoch receives each epoch's metrics row (progress reporting for a backend). placement
+    (bilateral.placement) is what the backend gave the run; it is kept in the record.
     """
-    return run_group([spec], store, device, data_dir, on_epoch)[0]
+    return run_group([spec], store, device, data_dir, on_epoch, placement)[0]
 
 
 def run_group(
@@ -130,6 +170,7 @@ def run_group(
     device: str = "auto",
     data_dir: str = "data",
     on_epoch: EpochCallback | None = None,
+    placement: Placement | None = None,
 ) -> list[dict]:
     """Train K runs of one fusion key (RunSpec.fusion_key) at once, as one fused network, and return
     their records; K = 1 is a plain run.
@@ -145,7 +186,7 @@ def run_group(
     }
     todo = [s for s in specs if s.run_id not in finished]
     if todo:
-        records = _run_unfinished(todo, store, device, data_dir, on_epoch)
+        records = _run_unfinished(todo, store, device, data_dir, on_epoch, placement)
         finished.update({r["run_id"]: r for r in records})
     return [finished[s.run_id] for s in specs]
 
@@ -163,7 +204,7 @@ def _check_fusable(specs: list[RunSpec], world: int) -> None:
         raise ConfigError("fused training (--fuse K > 1) with DDP workers is not supported: use one of them")
 
 
-def _run_unfinished(specs, store, device, data_dir, on_epoch) -> list[dict]:
+def _run_unfinished(specs, store, device, data_dir, on_epoch, placement) -> list[dict]:
     rank, world = distributed()
     _check_fusable(specs, world)
     spec = specs[0]  # data, batch sizes and loader settings are the same for every member
@@ -176,6 +217,22 @@ def _run_unfinished(specs, store, device, data_dir, on_epoch) -> list[dict]:
         for s in specs:
             store.run(s.run_id).write_spec(s)
     dev = resolve_device(device)
+    if dev.type == "cuda":  # FFCV's streams and events, and every context, on this run's GPU, not GPU 0
+        torch.cuda.set_device(dev)
+        if placement is not None and placement.memory_fraction is not None:
+            torch.cuda.set_per_process_memory_fraction(placement.memory_fraction, dev)
+    precision, why = choose_precision(spec, dev)
+    if why:
+        log.warning("%s", why)
+    resources = {
+        "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
+        "device_index": dev.index,
+        "threads": torch.get_num_threads(),
+        "precision": precision,
+        "precision_note": why,
+        "placement": placement.to_dict() if placement is not None else None,
+    }
+    prepared = time.perf_counter()
     data = load_data(spec.data.source, data_dir, spec.data.verify_md5)
     splits = make_splits(data, spec)
     mean, std = data.mean_std()
@@ -195,16 +252,25 @@ def _run_unfinished(specs, store, device, data_dir, on_epoch) -> list[dict]:
 
     val = loader("val", data.train, splits.val, False, spec.train.eval_batch_size)
     test = loader("test", data.test, splits.test, False, spec.train.eval_batch_size)
+    resources["data_prep_time_s"] = time.perf_counter() - prepared  # decode, split, .beton files, loaders
     if spec.trains:
         first = loader("train", data.train, splits.train, True, spec.train.batch_size, spec.init_seed)
         trains = [first, *(first.with_seed(s.init_seed) for s in specs[1:])]  # each member's own stream
-        trained = _train(specs, store, data, trains, val, dev, on_epoch)
+        trained = _train(specs, store, data, trains, val, dev, on_epoch, precision)
     else:
         trained = [_assemble_ensemble(spec, store, data, dev)]
     fused_with = [s.run_id for s in specs] if len(specs) > 1 else []
     return [
         _finish(
-            s, store.run(s.run_id), model, {**stats, "fused_with": fused_with}, data, splits, val, test, dev
+            s,
+            store.run(s.run_id),
+            model,
+            {**stats, **resources, "fused_with": fused_with},
+            data,
+            splits,
+            val,
+            test,
+            dev,
         )
         for s, (model, stats) in zip(specs, trained, strict=True)
     ]
@@ -234,7 +300,6 @@ def _finish(spec, run_store: RunStore, model, stats: dict, data, splits: Splits,
         **{f"val_{k}": v for k, v in val_metrics.items()},
         **stats,
         "wall_time_s": wall_s + time.time() - started,
-        "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
         "workers": world,
         "data_fingerprint": data.fingerprint(),
         "split": splits.describe(spec),
@@ -289,9 +354,11 @@ def loss_fn(outputs: dict[str, torch.Tensor], fine: torch.Tensor, coarse: torch.
     return sum(F.cross_entropy(outputs[h].float(), labels[h], label_smoothing=smoothing) for h in outputs)
 
 
-def _autocast(spec: RunSpec, dev: torch.device):
-    if spec.train.bf16 and dev.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+def _autocast(precision: str, dev: torch.device):
+    """Training steps only: evaluation runs in fp32, so argmax, checkpoint choice, ensemble means and
+    predictions.npz see unrounded logits."""
+    if precision == "bf16":
+        return torch.autocast(dev.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 
@@ -311,7 +378,16 @@ def _attach_hemispheres(spec: RunSpec, store: SweepStore, model: nn.Module) -> N
     model.freeze_hemispheres(update_bn_stats=spec.model.frozen_bn_update)
 
 
-STATE_KEYS = ("epoch", "best_score", "best_epoch", "train_time_s", "wall_s", "images")
+STATE_KEYS = (
+    "epoch",
+    "best_score",
+    "best_epoch",
+    "train_time_s",
+    "eval_time_s",
+    "checkpoint_time_s",
+    "wall_s",
+    "images",
+)
 
 
 def _fresh_state() -> dict:
@@ -320,6 +396,8 @@ def _fresh_state() -> dict:
         "best_score": -math.inf,
         "best_epoch": -1,
         "train_time_s": 0.0,
+        "eval_time_s": 0.0,
+        "checkpoint_time_s": 0.0,
         "wall_s": 0.0,
         "images": 0,
     }
@@ -356,7 +434,9 @@ def _load_last(
     return lasts
 
 
-def _train(specs: list[RunSpec], store: SweepStore, data, trains: list[Loader], val: Loader, dev, on_epoch):
+def _train(
+    specs: list[RunSpec], store: SweepStore, data, trains: list[Loader], val: Loader, dev, on_epoch, precision
+):
     """The training loop, for one run or K fused ones; returns [(model with its best weights, stats)]."""
     spec, k = specs[0], len(specs)  # members share every hyperparameter (RunSpec.fusion_key)
     run_stores = [store.run(s.run_id) for s in specs]
@@ -368,7 +448,7 @@ def _train(specs: list[RunSpec], store: SweepStore, data, trains: list[Loader], 
     if spec.train.channels_last:
         net.to(memory_format=torch.channels_last)
     rank, world = distributed()
-    if world > 1 and dev.type == "cuda":  # batch statistics over the global batch, as with one worker
+    if world > 1 and dev.type == "cuda" and spec.train.sync_bn:  # statistics of the global batch
         net = nn.SyncBatchNorm.convert_sync_batchnorm(net)
     optimizer = make_optimizer(spec, net)
     forward = net
@@ -381,13 +461,13 @@ def _train(specs: list[RunSpec], store: SweepStore, data, trains: list[Loader], 
     if lasts is not None:
         saved = [last["optimizer"] for last in lasts]
         optimizer.load_state_dict(fuse_optimizer_states(saved, net) if k > 1 else saved[0])
-        torch.set_rng_state(lasts[0]["rng_cpu"])
-        if dev.type == "cuda" and "rng_cuda" in lasts[0]:
-            torch.cuda.set_rng_state(lasts[0]["rng_cuda"], dev)
-        states = [{key: last[key] for key in STATE_KEYS} for last in lasts]
+        states = [
+            {**_fresh_state(), **{key: last[key] for key in STATE_KEYS if key in last}} for last in lasts
+        ]  # noqa: E501
         metrics = [[m for m in rs.read_metrics() if m["epoch"] <= states[0]["epoch"]] for rs in run_stores]
         log.info("%s: resuming after epoch %d", ", ".join(s.run_id for s in specs), states[0]["epoch"] + 1)
     start = states[0]["epoch"] + 1
+    pending_best: list[dict | None] = [None] * k
     name = group_name(specs)
     bar = tqdm(
         total=epochs * steps_per_epoch,
@@ -400,6 +480,7 @@ def _train(specs: list[RunSpec], store: SweepStore, data, trains: list[Loader], 
     )
     for epoch in range(start, epochs):
         net.train()
+        torch.manual_seed(epoch_seed(spec.init_seed, rank, epoch))  # this rank's dropout masks
         for train in trains:
             train.set_epoch(epoch)
         tic = time.perf_counter()
@@ -415,7 +496,7 @@ def _train(specs: list[RunSpec], store: SweepStore, data, trains: list[Loader], 
                 )
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(spec, epoch * steps_per_epoch + i, epochs * steps_per_epoch)
-            with _autocast(spec, dev):
+            with _autocast(precision, dev):
                 outputs = forward(stack_inputs(xs) if k > 1 else xs[0])
             per_member = _per_member(outputs, k)
             losses = torch.stack(
@@ -436,7 +517,9 @@ def _train(specs: list[RunSpec], store: SweepStore, data, trains: list[Loader], 
             total_loss /= world
         seconds = time.perf_counter() - tic
         images = steps_per_epoch * trains[0].batch_size
+        evaluated = time.perf_counter()
         val_results = evaluate_members(net, val, spec, dev, k)
+        eval_seconds = time.perf_counter() - evaluated
         rows = []
         for j, (val_metrics, _) in enumerate(val_results):
             rows.append(
@@ -467,39 +550,42 @@ def _train(specs: list[RunSpec], store: SweepStore, data, trains: list[Loader], 
             progress["val_score"],
             progress["images_per_s"],
         )
-        wall = time.perf_counter() - tic
-        model_states = unfuse(net, members[0], k) if k > 1 else [net.state_dict()]
-        optimizer_states = (
-            unfuse_optimizer_state(optimizer.state_dict(), net, members[0], k)
-            if k > 1
-            else [optimizer.state_dict()]
-        )
-        for j, (state, rs) in enumerate(zip(states, run_stores, strict=True)):
-            score = rows[j]["val_score"]
-            improved = score > state["best_score"]
-            if improved:
-                state.update(best_score=score, best_epoch=epoch)
+        checkpoint = (epoch + 1) % spec.train.checkpoint_every == 0 or epoch == epochs - 1
+        improved = [rows[j]["val_score"] > state["best_score"] for j, state in enumerate(states)]
+        model_states = None
+        if checkpoint or any(improved):
+            model_states = unfuse(net, members[0], k) if k > 1 else [net.state_dict()]
+        for j, state in enumerate(states):
+            if improved[j]:
+                state.update(best_score=rows[j]["val_score"], best_epoch=epoch)
+                # held until the next `last` is written, so that best.pt and last.pt always agree
+                pending_best[j] = {"model": {n: t.detach().cpu().clone() for n, t in model_states[j].items()},
+                                   "epoch": epoch}  # fmt: skip
             state["epoch"] = epoch
             state["train_time_s"] += seconds
             state["images"] += images
-            state["wall_s"] += wall / k  # a fused member's share of the group's time
-            if rank != 0:
-                continue
-            if improved:
-                rs.save_checkpoint("best", {"model": model_states[j], "epoch": epoch})
-            rs.write_metrics(metrics[j])  # before "last": a resume drops rows past the last checkpoint
-            rs.save_checkpoint(
-                "last",
-                {
-                    "model": model_states[j],
-                    "optimizer": optimizer_states[j],
-                    "rng_cpu": torch.get_rng_state(),
-                    **({"rng_cuda": torch.cuda.get_rng_state(dev)} if dev.type == "cuda" else {}),
-                    **state,
-                },
+        saved = time.perf_counter()
+        if checkpoint and rank == 0:
+            optimizer_states = (
+                unfuse_optimizer_state(optimizer.state_dict(), net, members[0], k)
+                if k > 1
+                else [optimizer.state_dict()]
             )
-        if world > 1:
+            for j, (state, rs) in enumerate(zip(states, run_stores, strict=True)):
+                if pending_best[j] is not None:
+                    rs.save_checkpoint("best", pending_best[j])
+                rs.write_metrics(metrics[j])  # before "last": a resume drops rows past the last checkpoint
+                last = {"model": model_states[j], "optimizer": optimizer_states[j], **state}
+                rs.save_checkpoint("last", last)
+        if checkpoint:
+            pending_best = [None] * k
+        if world > 1 and checkpoint:
             dist.barrier()  # every rank sees this epoch's checkpoints before going on
+        wall = time.perf_counter() - tic
+        for state in states:
+            state["checkpoint_time_s"] += (time.perf_counter() - saved) / k
+            state["eval_time_s"] += eval_seconds / k
+            state["wall_s"] += wall / k  # a fused member's share of the group's time
     bar.close()
     finals = [net] if k == 1 else members
     trained = []
@@ -515,6 +601,8 @@ def _train(specs: list[RunSpec], store: SweepStore, data, trains: list[Loader], 
             "params": count_parameters(model),
             "trainable_params": count_parameters(model, trainable_only=True),
             "train_time_s": state["train_time_s"],
+            "eval_time_s": state["eval_time_s"],
+            "checkpoint_time_s": state["checkpoint_time_s"],
             "wall_s": state["wall_s"],
             "train_images_per_s": state["images"] / max(state["train_time_s"], 1e-9),
         }
@@ -593,8 +681,7 @@ def evaluate_members(
     logits: list[dict[str, list[torch.Tensor]]] = [{} for _ in range(k)]
     labels: dict[str, list[torch.Tensor]] = {"fine": [], "coarse": []}
     for x, fine, coarse in loader:
-        with _autocast(spec, dev):
-            outputs = model(stack_inputs([x] * k) if k > 1 else x)
+        outputs = model(stack_inputs([x] * k) if k > 1 else x)
         for member, out in zip(logits, _per_member(outputs, k), strict=True):
             for h, z in out.items():
                 member.setdefault(h, []).append(z.float())

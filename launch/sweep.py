@@ -24,6 +24,7 @@ from bilateral.config import PRESETS, SweepConfig, load_config, parse_seeds, to_
 from bilateral.errors import BilateralError, ConfigError
 from bilateral.experiment import Plan, build_plan, group_name
 from bilateral.extras import require
+from bilateral.placement import local_offer, place
 from bilateral.report import markdown, paired_differences, runs_table, summarize, write_report
 from bilateral.store import SweepStore
 from bilateral.sweep import InProcessExecutor, fusion_groups, run_sweep
@@ -116,7 +117,12 @@ class LocalBackend:
 
     @staticmethod
     def run(args: argparse.Namespace, cfg: SweepConfig, plan: Plan, store: SweepStore) -> dict[str, str]:
-        return run_sweep(plan, store, InProcessExecutor(store, plan, cfg.device, cfg.data_dir, args.fuse))
+        offer = local_offer()
+        placement = place(cfg.device, None, None, 1, offer, default_cpus_per_worker=offer.cpus)
+        if placement.note:
+            log.warning("%s", placement.note)
+        executor = InProcessExecutor(store, plan, placement.device, cfg.data_dir, args.fuse, placement)
+        return run_sweep(plan, store, executor)
 
 
 def _ray_backend():

@@ -18,6 +18,7 @@ from pathlib import Path
 from bilateral.config import SweepConfig
 from bilateral.errors import ConfigError
 from bilateral.experiment import Plan, RunSpec, group_name
+from bilateral.placement import Offer, Placement, place
 from bilateral.store import SweepStore
 from bilateral.sweep import fusion_groups, run_sweep
 
@@ -34,8 +35,8 @@ def add_shared_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--gpus-per-run",
         type=float,
-        help="Ray: GPU share per run, 0.25 packs 4 runs per GPU "
-        "(default 0). Slurm: GPUs per run, N > 1 = DDP (default 1; 0 with --device cpu)",
+        help="GPUs of one run; default: 1 (one per DDP worker) where the cluster has GPUs, else 0. "
+        "Ray: a share, 0.25 packs 4 runs per GPU. Slurm: N > 1 = DDP over N GPUs",
     )
     parser.add_argument(
         "--cpus-per-run", type=float, help="CPUs per run (Ray: per DDP worker, default 1; Slurm: default 2)"
@@ -46,7 +47,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--address", help="Ray cluster to join (auto, or HOST:PORT); default: start one here")
     parser.add_argument("--num-cpus", type=int, help="logical CPUs of the Ray instance started here")
     add_shared_arguments(parser)
-    parser.add_argument("--workers-per-run", type=int, default=1, help="N > 1: DDP over N Ray Train workers")
+    parser.add_argument(
+        "--workers-per-run",
+        type=int,
+        default=1,
+        help="N > 1: DDP over N processes (Ray Train workers; Slurm tasks), one GPU each on GPUs",
+    )
     parser.add_argument(
         "--max-failures", type=int, default=2, help="restarts of a failed run or worker group"
     )
@@ -58,6 +64,31 @@ def _torch_threads(cpus: float) -> None:
     torch.set_num_threads(max(1, min(int(cpus), os.cpu_count() or 1)))
 
 
+def ray_offer(resources: dict) -> Offer:
+    """What `ray.cluster_resources()` reports, as bilateral.placement reads it."""
+    return Offer(resources.get("GPU", 0.0), resources.get("CPU", 0.0), "the Ray cluster")
+
+
+def ray_placement(args: argparse.Namespace, cfg: SweepConfig, resources: dict) -> Placement:
+    """Each run's device, GPUs and CPUs (--cpus-per-run is per DDP worker on Ray)."""
+    cpus = None if args.cpus_per_run is None else args.cpus_per_run * args.workers_per_run
+    return place(cfg.device, args.gpus_per_run, cpus, args.workers_per_run, ray_offer(resources), 1.0)
+
+
+def trial_resources(placement: Placement) -> dict:
+    """What one Tune trial (or each DDP worker) asks Ray for."""
+    resources = {"CPU": placement.cpus_per_worker}
+    if placement.gpus:
+        resources["GPU"] = placement.gpus_per_worker
+    return resources
+
+
+def hide_gpus_unless_given(placement: Placement) -> None:
+    """Ray leaves CUDA_VISIBLE_DEVICES alone for a task without GPUs: a CPU run must not see them."""
+    if not placement.on_gpu:
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
+
+
 def _run_trial(trial: dict, settings: dict) -> None:
     """One Tune trial = one run (or --fuse K runs as one network) in this process, or one run as a
     TorchTrainer with N DDP workers."""
@@ -67,17 +98,20 @@ def _run_trial(trial: dict, settings: dict) -> None:
 
     group = settings["groups"][trial["group"]]
     config = {**settings["common"], "spec": group[0]}  # a DDP trial's one run, for its workers
+    placement: Placement = config["placement"]
     specs = [RunSpec.from_dict(d) for d in group]
     spec = specs[0]
     store = SweepStore(config["root"])
-    if config["workers"] == 1:
-        _torch_threads(config["cpus"])
+    if placement.workers == 1:
+        hide_gpus_unless_given(placement)
+        _torch_threads(placement.cpus)
         run_group(
             specs,
             store,
-            config["device"],
+            placement.device,
             config["data_dir"],
             on_epoch=lambda row: tune.report(_progress(row)),
+            placement=placement,
         )
         return
 
@@ -85,13 +119,13 @@ def _run_trial(trial: dict, settings: dict) -> None:
     from ray.train.torch import TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    use_gpu = config["gpus"] > 0
-    resources = {"CPU": config["cpus"], **({"GPU": config["gpus"]} if use_gpu else {})}
     trainer = TorchTrainer(
         _train_worker,
         train_loop_config=config,
         scaling_config=ScalingConfig(
-            num_workers=config["workers"], use_gpu=use_gpu, resources_per_worker=resources
+            num_workers=placement.workers,
+            use_gpu=placement.on_gpu,
+            resources_per_worker=trial_resources(placement),
         ),
         run_config=RunConfig(
             name=f"{spec.run_id}-ddp",
@@ -110,15 +144,18 @@ def _train_worker(config: dict) -> None:
 
     from bilateral.train import run
 
-    _torch_threads(config["cpus"])
+    placement: Placement = config["placement"]
+    hide_gpus_unless_given(placement)
+    _torch_threads(placement.cpus_per_worker)
     spec = RunSpec.from_dict(config["spec"])
-    device = str(ray.train.torch.get_device()) if config["gpus"] > 0 else "cpu"
+    device = str(ray.train.torch.get_device()) if placement.on_gpu else "cpu"
     run(
         spec,
         SweepStore(config["root"]),
         device,
         config["data_dir"],
         on_epoch=lambda row: ray.train.report(_progress(row)),
+        placement=placement,
     )
 
 
@@ -134,26 +171,28 @@ def _trial_name(trial) -> str:
 class TuneExecutor:
     """Runs one stage's specs as a grid of Tune trials and reports which failed."""
 
-    def __init__(self, args: argparse.Namespace, cfg: SweepConfig, store: SweepStore, cluster_cpus: float):
+    def __init__(
+        self,
+        args: argparse.Namespace,
+        cfg: SweepConfig,
+        store: SweepStore,
+        cluster_cpus: float,
+        placement: Placement,
+    ):
         self.args, self.cfg, self.store = args, cfg, store
-        self.cluster_cpus = cluster_cpus
+        self.cluster_cpus, self.placement = cluster_cpus, placement
         self.stage = 0
 
     def __call__(self, specs: list[RunSpec]) -> dict[str, str]:
         from ray import tune
 
-        args = self.args
+        args, placement = self.args, self.placement
         self.stage += 1
-        workers = args.workers_per_run
-        gpus = args.gpus_per_run or 0.0
-        cpus = 1.0 if args.cpus_per_run is None else args.cpus_per_run
+        workers = placement.workers
         common = {
             "root": str(self.store.root.resolve()),
-            "device": self.cfg.device,
             "data_dir": str(Path(self.cfg.data_dir).resolve()),
-            "workers": workers,
-            "cpus": cpus,
-            "gpus": gpus,
+            "placement": placement,
             "max_failures": args.max_failures,
         }
         groups = {group_name(g): g for g in fusion_groups(specs, args.fuse, self.store)}
@@ -162,11 +201,11 @@ class TuneExecutor:
             "groups": {name: [s.to_dict() for s in g] for name, g in groups.items()},
         }
         if workers == 1:
-            resources = {"CPU": cpus, "GPU": gpus}
+            resources = trial_resources(placement)
             concurrent = None
         else:  # the trial only drives its TorchTrainer; the workers hold the resources
             resources = {"CPU": DRIVER_CPU}
-            concurrent = max(1, math.floor(self.cluster_cpus / (workers * cpus + DRIVER_CPU)))
+            concurrent = max(1, math.floor(self.cluster_cpus / (placement.cpus + DRIVER_CPU)))
         tuner = tune.Tuner(
             tune.with_resources(tune.with_parameters(_run_trial, settings=settings), resources),
             param_space={"group": tune.grid_search(list(groups))},
@@ -217,9 +256,21 @@ def run(args: argparse.Namespace, cfg: SweepConfig, plan: Plan, store: SweepStor
         else:
             ray.init(num_cpus=args.num_cpus, runtime_env=runtime_env)
     try:
-        cpus = ray.cluster_resources().get("CPU", 0.0)
-        log.info("Ray cluster: %s CPUs, %s GPUs", cpus, ray.cluster_resources().get("GPU", 0))
-        return run_sweep(plan, store, TuneExecutor(args, cfg, store, cpus))
+        resources = ray.cluster_resources()
+        placement = ray_placement(args, cfg, resources)
+        log.info(
+            "Ray cluster: %s CPUs, %s GPUs; each run: %s, %g GPU(s), %g CPU(s), %d worker(s)",
+            resources.get("CPU", 0),
+            resources.get("GPU", 0),
+            placement.device,
+            placement.gpus,
+            placement.cpus,
+            placement.workers,
+        )
+        if placement.note:
+            log.warning("%s", placement.note)
+        executor = TuneExecutor(args, cfg, store, resources.get("CPU", 0.0), placement)
+        return run_sweep(plan, store, executor)
     finally:
         if started_here:
             ray.shutdown()

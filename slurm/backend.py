@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import dataclasses
 import json
 import logging
 import re
@@ -35,6 +36,7 @@ from pathlib import Path
 from bilateral.config import SweepConfig
 from bilateral.errors import BilateralError, ConfigError
 from bilateral.experiment import Plan, RunSpec
+from bilateral.placement import Offer, Placement, place
 from bilateral.store import SweepStore, write_json
 from bilateral.sweep import fusion_groups, run_sweep
 from ray_jobs.backend import add_shared_arguments
@@ -159,6 +161,42 @@ def parse_sbatch(items: list[str]) -> dict[str, str | bool]:
     return extra
 
 
+def parse_sinfo(text: str, partition: str | None) -> Offer:
+    """`sinfo -h -o '%P|%G|%c'` -> the GPUs and CPUs of the largest node of the partition (the
+    default one, marked *, when none is named). GRES look like gpu:4, gpu:a100:4(S:0-1), gpu:2,mps:100."""
+    gpus = cpus = 0.0
+    seen = False
+    for line in text.splitlines():
+        name, _, rest = line.strip().partition("|")
+        gres, _, node_cpus = rest.partition("|")
+        if (
+            not name
+            or (partition is None and not name.endswith("*"))
+            or (partition is not None and name.rstrip("*") != partition)
+        ):
+            continue
+        seen = True
+        for item in gres.split(","):
+            m = re.fullmatch(r"gpu(?::[^:(]+)?:(\d+)(?:\(.*\))?", item.strip())
+            if m:
+                gpus = max(gpus, float(m.group(1)))
+        cpus = max(cpus, float(node_cpus or 0))
+    where = f"Slurm partition {partition}" if partition else "Slurm's default partition"
+    if not seen:
+        raise ConfigError(
+            f"sinfo lists no {'partition ' + repr(partition) if partition else 'default partition'}: "
+            "pass an existing one with --partition (see `sinfo -s`)"
+        )
+    return Offer(gpus, cpus, f"{where} (sinfo)")
+
+
+def slurm_offer(partition: str | None) -> Offer:
+    proc = subprocess.run(["sinfo", "-h", "-o", "%P|%G|%c"], capture_output=True, text=True, timeout=60)
+    if proc.returncode != 0:
+        raise BilateralError(f"sinfo failed: {proc.stderr.strip() or proc.stdout.strip()}")
+    return parse_sinfo(proc.stdout, partition)
+
+
 @dataclass
 class SlurmOptions:
     """The flags, checked, and what they mean for one job (one array element)."""
@@ -172,6 +210,7 @@ class SlurmOptions:
     qos: str | None = None
     gpus_per_run: int = 1
     cpus_per_run: int = 2
+    workers: int = 1  # DDP processes of one run (one per GPU on GPUs)
     mem_gb: float | None = None
     array_parallelism: int = 256
     runs_per_task: int = 1
@@ -184,16 +223,32 @@ class SlurmOptions:
     nodes: int = 1
     cpus_per_node: int = 8
     gpus_per_node: int = 0
+    placement: Placement | None = None  # what each run gets (bilateral.placement)
 
     @classmethod
-    def from_args(cls, args: argparse.Namespace, cfg: SweepConfig) -> SlurmOptions:
+    def from_args(
+        cls, args: argparse.Namespace, cfg: SweepConfig, offer: Offer | None = None
+    ) -> SlurmOptions:
+        """offer: what the partition has; asked of sinfo when None and the device may be a GPU."""
+        if offer is None:
+            offer = Offer(0, 0, "--device cpu") if cfg.device == "cpu" else slurm_offer(args.partition)
+        device, placement, gpus_per_node = cfg.device, None, 0
         if args.engine == "ray":  # --gpus-per-run / --cpus-per-run are then Ray's, per trial
-            gpus, cpus = 0, 1
-        else:  # None: not given (add_shared_arguments), Slurm's own defaults
-            gpus = (0 if cfg.device == "cpu" else 1) if args.gpus_per_run is None else args.gpus_per_run
-            cpus = 2 if args.cpus_per_run is None else args.cpus_per_run
+            gpus, cpus, workers = 0, 1, 1
+            gpus_per_node = _ray_node_gpus(cfg.device, args.gpus_per_node, offer)
+        else:
+            workers = args.workers_per_run
+            if args.gpus_per_run is not None and args.gpus_per_run > 1 and workers == 1:
+                workers = _whole(args.gpus_per_run, "--gpus-per-run")  # N GPUs: DDP over N processes
+            placement = place(cfg.device, args.gpus_per_run, args.cpus_per_run, workers, offer, 2.0)
+            if placement.on_gpu and args.runs_per_task > 1:  # K processes share the job's GPU
+                placement = dataclasses.replace(placement, memory_fraction=1 / args.runs_per_task)
+            if placement.note:
+                log.warning("%s", placement.note)
+            device = placement.device
+            gpus, cpus = placement.gpus, placement.cpus
         opts = cls(
-            device=cfg.device,
+            device=device,
             data_dir=str(Path(cfg.data_dir).resolve()),
             job_name=f"bilateral-{cfg.name}",
             time_min=parse_minutes(args.time),
@@ -202,6 +257,7 @@ class SlurmOptions:
             qos=args.qos,
             gpus_per_run=_whole(gpus, "--gpus-per-run"),
             cpus_per_run=_whole(cpus, "--cpus-per-run"),
+            workers=workers,
             mem_gb=args.mem_gb,
             array_parallelism=args.array_parallelism,
             runs_per_task=args.runs_per_task,
@@ -213,9 +269,8 @@ class SlurmOptions:
             engine=args.engine,
             nodes=args.nodes,
             cpus_per_node=args.cpus_per_node,
-            gpus_per_node=(0 if cfg.device == "cpu" else 1)
-            if args.gpus_per_node is None
-            else args.gpus_per_node,
+            gpus_per_node=gpus_per_node,
+            placement=placement,
         )
         opts.check()
         return opts
@@ -228,12 +283,12 @@ class SlurmOptions:
             raise ConfigError("--gpus-per-run, --max-requeues and --signal-delay-s cannot be negative")
         if self.distributed and self.runs_per_task > 1:
             raise ConfigError(
-                f"--gpus-per-run {self.gpus_per_run} (DDP) and --runs-per-task {self.runs_per_task} do not "
+                f"{self.workers} DDP workers and --runs-per-task {self.runs_per_task} do not "
                 "combine: pack several small runs on one GPU, or spread one run over several, not both"
             )
         if self.distributed and self.fuse > 1:
             raise ConfigError(
-                f"--gpus-per-run {self.gpus_per_run} (DDP) and --fuse {self.fuse} do not combine: a fused "
+                f"{self.workers} DDP workers and --fuse {self.fuse} do not combine: a fused "
                 "group trains in one process"
             )
         if self.mem_gb is not None and self.mem_gb <= 0:
@@ -241,27 +296,27 @@ class SlurmOptions:
 
     @property
     def distributed(self) -> bool:
-        return self.gpus_per_run > 1
+        return self.workers > 1
 
     @property
     def tasks_per_job(self) -> int:
         """Slurm tasks per node of one job."""
         if self.engine == "ray":
             return 1
-        return self.gpus_per_run if self.distributed else self.runs_per_task
+        return self.workers if self.distributed else self.runs_per_task
 
     @property
     def cpus_per_task(self) -> int:
         if self.engine == "ray":
             return self.cpus_per_node
-        return max(1, self.cpus_per_run // self.gpus_per_run) if self.distributed else self.cpus_per_run
+        return max(1, self.cpus_per_run // self.workers) if self.distributed else self.cpus_per_run
 
     @property
     def gpus_per_job(self) -> int:
         """GPUs per node of one job."""
         if self.engine == "ray":
-            return 0 if self.device == "cpu" else self.gpus_per_node
-        return 0 if self.device == "cpu" else self.gpus_per_run
+            return self.gpus_per_node
+        return self.gpus_per_run
 
     def parameters(self) -> dict:
         """submitit AutoExecutor parameters of one job (one array element)."""
@@ -292,6 +347,20 @@ class SlurmOptions:
         if self.sbatch:
             params["slurm_additional_parameters"] = dict(self.sbatch)
         return params
+
+
+def _ray_node_gpus(device: str, asked: int | None, offer: Offer) -> int:
+    """--engine ray: GPUs of each node's Ray; one where the partition has GPUs, unless asked."""
+    if device == "cpu" or asked == 0:
+        return 0
+    if offer.gpus <= 0:
+        if device == "auto" and asked is None:
+            log.warning("%s reports no GPU: Ray inside the allocation runs on the CPU", offer.source)
+            return 0
+        raise ConfigError(
+            f"--device {device} asks for GPUs, but {offer.source} reports none: pass --device cpu"
+        )
+    return 1 if asked is None else asked
 
 
 def _require_slurm() -> None:
@@ -374,6 +443,7 @@ class SlurmStages:
             threads=opts.cpus_per_task,
             distributed=opts.distributed,
             fuse=opts.fuse,
+            placement=opts.placement,
         )
         self.stage = 0
         self.label: str | None = None
@@ -608,8 +678,8 @@ class SlurmStages:
 
 def run(args: argparse.Namespace, cfg: SweepConfig, plan: Plan, store: SweepStore) -> dict[str, str]:
     """Run every unfinished run of the plan on Slurm; return {run_id: error} of those that failed."""
-    opts = SlurmOptions.from_args(args, cfg)
     _require_slurm()
+    opts = SlurmOptions.from_args(args, cfg)
     stages = SlurmStages(opts, store)
     if args.engine == "ray":
         return stages.run_ray(args, cfg, plan, detach=args.detach)

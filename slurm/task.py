@@ -28,6 +28,7 @@ from pathlib import Path
 import submitit
 
 from bilateral.experiment import RunSpec
+from bilateral.placement import Placement
 from bilateral.store import SweepStore
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,7 @@ class RunTask(submitit.helpers.Checkpointable):
         threads: int = 1,
         distributed: bool = False,
         fuse: int = 1,
+        placement: Placement | None = None,
     ):
         self.store_root = str(store_root)
         self.device = device
@@ -61,6 +63,7 @@ class RunTask(submitit.helpers.Checkpointable):
         self.threads = max(1, int(threads))
         self.distributed = distributed
         self.fuse = fuse
+        self.placement = placement
 
     def __call__(self, specs: list[RunSpec], run_ids: list[str] | None = None) -> dict[str, str | None]:
         """Run this task's share of specs; run_ids are the ids the driver gave them (checked here)."""
@@ -116,7 +119,7 @@ class RunTask(submitit.helpers.Checkpointable):
                     specs.append(spec)
             if not specs:
                 continue
-            errors = run_logged(specs, store, device, self.data_dir, write_errors=writer)
+            errors = run_logged(specs, store, device, self.data_dir, writer, self.placement)
             outcome.update({spec.run_id: errors.get(spec.run_id) for spec in specs})
         errors = {k: v for k, v in outcome.items() if v is not None}
         if errors:
@@ -132,8 +135,8 @@ class RunTask(submitit.helpers.Checkpointable):
             set_cuda_visible_devices=False, overwrite=True
         )
         device = self.device
-        on_gpu = device != "cpu" and torch.cuda.is_available()
-        if on_gpu:
+        on_gpu = device != "cpu"  # a GPU the job cannot see fails clearly in run(), never trains on CPU
+        if on_gpu and torch.cuda.is_available():
             # Slurm may expose the job's GPUs under any ids: pick by position among the visible ones
             index = env.local_rank % torch.cuda.device_count()
             torch.cuda.set_device(index)

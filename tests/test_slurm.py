@@ -107,8 +107,10 @@ def test_time_and_sbatch_parsing():
 
 
 def test_bad_slurm_flags_are_clear_errors(tmp_path):
-    proc = sweep(tmp_path, *ON_SLURM, "--gpus-per-run", "2", "--runs-per-task", "2")
+    proc = sweep(tmp_path, *ON_SLURM, "--workers-per-run", "2", "--runs-per-task", "2")
     assert proc.returncode == 2 and "do not combine" in proc.stderr, proc.stderr
+    proc = sweep(tmp_path, *ON_SLURM, "--gpus-per-run", "1")
+    assert proc.returncode == 2 and "--device cpu with --gpus-per-run 1" in proc.stderr, proc.stderr
     proc = sweep(tmp_path, *ON_SLURM, "--time", "soon")
     assert proc.returncode == 2 and "--time 'soon'" in proc.stderr, proc.stderr
     assert not (tmp_path / "t" / "slurm").exists()
@@ -121,7 +123,7 @@ def test_flags_map_to_sbatch(slurm_cluster, tmp_path):
     import submitit
 
     from launch.sweep import parse_args, resolve_config
-    from slurm.backend import SlurmOptions
+    from slurm.backend import SlurmOptions, parse_sinfo
 
     args = parse_args(
         [
@@ -132,7 +134,10 @@ def test_flags_map_to_sbatch(slurm_cluster, tmp_path):
             *("--out", str(tmp_path)),
         ]
     )
-    opts = SlurmOptions.from_args(args, resolve_config(args))
+    offer = parse_sinfo("cpu*|(null)|2\ngpu|gpu:a100:4(S:0-1)|64\n", "gpu")  # what sinfo reports
+    assert (offer.gpus, offer.cpus) == (4, 64)
+    opts = SlurmOptions.from_args(args, resolve_config(args), offer)
+    assert opts.device == "cuda" and opts.placement.memory_fraction == 0.5  # two runs share a GPU
     executor = submitit.AutoExecutor(folder=tmp_path / "%j", cluster="slurm")
     executor.update_parameters(**opts.parameters())
     executor._executor.parameters["map_count"] = 10  # render it as the job array of 10 elements it would be
@@ -300,9 +305,10 @@ def test_detach_then_status_then_attach(slurm_cluster, tmp_path):
 
 
 def test_ddp_over_two_tasks_on_cpu(slurm_cluster, tmp_path):
-    """--gpus-per-run 2 with --device cpu: one job of 2 tasks forms a gloo process group; run() trains
-    across it and rank 0 writes."""
-    proc = sweep(tmp_path, *ON_SLURM, "--models", "unilateral", "--gpus-per-run", "2", "--cpus-per-run", "2")
+    """--workers-per-run 2 with --device cpu: one job of 2 tasks forms a gloo process group; run()
+    trains across it and rank 0 writes."""
+    ddp = ["--workers-per-run", "2", "--cpus-per-run", "2"]
+    proc = sweep(tmp_path, *ON_SLURM, "--models", "unilateral", *ddp)
     assert proc.returncode == 0, proc.stderr
     root = tmp_path / "t"
     ((run_id, job),) = ledger(root).items()
@@ -312,6 +318,27 @@ def test_ddp_over_two_tasks_on_cpu(slurm_cluster, tmp_path):
     assert len(logs) == 2
     for rank, log in enumerate(logs):
         assert f"process group: rank {rank}/2" in log and "backend gloo" in log
+
+
+def test_sinfo_gpus_are_read_per_partition():
+    from slurm.backend import parse_sinfo
+
+    text = "debug*|(null)|8\ngpu|gpu:a100:4(S:0-1),mps:400|64\ngpu|gpu:2|32\nbig|gpu:h100:8|96\n"
+    assert (parse_sinfo(text, None).gpus, parse_sinfo(text, None).cpus) == (0, 8)
+    assert parse_sinfo(text, "gpu").gpus == 4 and parse_sinfo(text, "big").gpus == 8
+    with pytest.raises(ConfigError, match="no partition 'nope'"):
+        parse_sinfo(text, "nope")
+
+
+def test_default_device_on_a_cpu_only_cluster_trains_on_cpu_and_says_so(slurm_cluster, tmp_path):
+    """The front door with no device flag: this cluster has no GPU, so no job asks for one."""
+    args = ["--cluster", "slurm", "--cpus-per-run", "1", "--time", "15", "--models", "hemisphere-fine"]
+    proc = sweep(tmp_path, *args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Slurm's default partition (sinfo) reports no GPU: the runs train on the CPU" in proc.stderr
+    (record,) = [json.loads(p.read_text()) for p in (tmp_path / "t" / "runs").glob("*/record.json")]
+    assert record["device"] == "cpu" and record["placement"]["device"] == "cpu"
+    assert record["placement"]["gpus"] == 0 and record["threads"] == 1
 
 
 def test_task_refuses_a_spec_whose_id_changed_since_submission(tmp_path, tiny_plan):

@@ -1,0 +1,97 @@
+"""bilateral.placement: what each run gets from what a cluster reports. The offers here are faked
+only at the level of the numbers Ray, Slurm or torch report; tests/test_ray.py and
+tests/test_slurm.py read them from the real clusters."""
+
+import pytest
+import torch
+
+from bilateral.errors import ConfigError
+from bilateral.placement import Offer, place
+from bilateral.train import choose_precision, epoch_seed, evaluate, resolve_device
+from tests.conftest import tiny_config
+
+GPU_NODE = Offer(gpus=8, cpus=64, source="the Ray cluster")
+CPU_ONLY = Offer(gpus=0, cpus=2, source="Slurm's default partition (sinfo)")
+
+
+def test_a_cluster_with_gpus_gives_each_run_one():
+    p = place("auto", None, None, 1, GPU_NODE, 1.0)
+    assert (p.device, p.gpus, p.cpus, p.threads, p.memory_fraction) == ("cuda", 1.0, 1.0, 1, None)
+    ddp = place("auto", None, 8, 4, GPU_NODE, 1.0)
+    assert (ddp.gpus, ddp.gpus_per_worker, ddp.cpus_per_worker, ddp.threads) == (4.0, 1.0, 2.0, 2)
+    packed = place("auto", 0.25, None, 1, GPU_NODE, 1.0)
+    assert packed.device == "cuda" and packed.memory_fraction == 0.25  # each process's share of memory
+
+
+def test_a_cluster_without_gpus_trains_on_cpu_and_says_so():
+    p = place("auto", None, None, 2, CPU_ONLY, 1.0)
+    assert (p.device, p.gpus, p.workers) == ("cpu", 0.0, 2)
+    assert p.note == "Slurm's default partition (sinfo) reports no GPU: the runs train on the CPU"
+    assert place("auto", 0, None, 1, GPU_NODE, 1.0).device == "cpu"  # asked for no GPU
+
+
+@pytest.mark.parametrize(
+    "device, gpus, workers, offer, message",
+    [
+        ("cuda", None, 1, CPU_ONLY, "--device cuda asks for a GPU, but Slurm's default partition"),
+        ("auto", 1, 1, CPU_ONLY, "--gpus-per-run 1 asks for a GPU"),
+        ("cpu", 1, 1, GPU_NODE, "--device cpu with --gpus-per-run 1"),
+        ("auto", 0.5, 2, GPU_NODE, "DDP needs one whole GPU per worker"),
+        ("auto", 1, 2, GPU_NODE, "give --gpus-per-run 2"),
+        ("auto", 2, 1, GPU_NODE, "add --workers-per-run 2"),
+        ("auto", 16, 16, GPU_NODE, "more than the 8 GPU(s) the Ray cluster reports"),
+        ("gpu", None, 1, GPU_NODE, "device 'gpu' is not one of auto, cpu, cuda, cuda:N"),
+    ],
+)
+def test_impossible_requests_are_clear_errors(device, gpus, workers, offer, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        place(device, gpus, None, workers, offer, 1.0)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the error for a machine without a GPU")
+def test_cuda_without_a_gpu_fails_before_training():
+    with pytest.raises(ConfigError, match=r"torch sees 0 CUDA device\(s\)"):
+        resolve_device("cuda")
+
+
+def test_bf16_only_where_the_device_has_it(monkeypatch):
+    (spec,) = [s for s in _plan("train.bf16=true") if s.kind == "unilateral"]
+    precision, why = choose_precision(spec, torch.device("cpu"))
+    assert precision == "fp32" and "CUDA GPUs only" in why
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: False)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda dev=None: (7, 0))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda dev=None: "Tesla V100-SXM2-16GB")
+    precision, why = choose_precision(spec, torch.device("cuda", 0))
+    assert precision == "fp32" and "Tesla V100-SXM2-16GB (compute capability 7.0) has no bf16" in why
+
+
+def test_dropout_seeds_differ_per_rank_and_repeat_per_epoch():
+    seeds = {(rank, epoch): epoch_seed(7, rank, epoch) for rank in range(2) for epoch in range(3)}
+    assert len(set(seeds.values())) == 6 and epoch_seed(7, 1, 2) == seeds[(1, 2)]
+
+
+def test_evaluation_logits_are_fp32_even_for_a_bf16_run():
+    """bf16 autocast rounds logits; evaluation must not, whatever train.bf16 says."""
+    from bilateral.assemble import build_model
+    from bilateral.data.loader import DeviceLoader, LoaderOptions
+    from bilateral.train import load_data, make_splits
+
+    (spec,) = [s for s in _plan("train.bf16=true") if s.kind == "unilateral"]
+    data = load_data(spec.data.source, tiny_config().data_dir, True)
+    torch.manual_seed(0)
+    model = build_model(spec, data.num_fine, data.num_coarse).eval()
+    val = make_splits(data, spec).val
+    loader = DeviceLoader(data.train, val, LoaderOptions(100, "cpu", *data.mean_std(), train=False, seed=0))
+    _, logits = evaluate(model, loader, spec, torch.device("cpu"))
+    with torch.no_grad():
+        fp32 = torch.cat([model(x)["fine"] for x, _, _ in loader])
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            bf16 = torch.cat([model(x)["fine"].float() for x, _, _ in loader])
+    assert logits["fine"].dtype == torch.float32 and torch.equal(logits["fine"], fp32)
+    assert not torch.equal(bf16, fp32)  # what autocast evaluation would have stored
+
+
+def _plan(*overrides):
+    from bilateral.experiment import build_plan
+
+    return build_plan(tiny_config("plan.models=[unilateral]", *overrides)).runs
