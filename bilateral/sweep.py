@@ -4,12 +4,11 @@ unfinished runs, because a finished run (record.json present) is never scheduled
 from __future__ import annotations
 
 import logging
-import traceback
 from collections.abc import Callable
 
 from tqdm import tqdm
 
-from bilateral.errors import BilateralError
+from bilateral.errors import describe_failure
 from bilateral.experiment import Plan, RunSpec, group_name
 from bilateral.placement import Placement
 from bilateral.store import SweepStore
@@ -57,13 +56,6 @@ def fusion_groups(specs: list[RunSpec], k: int, store: SweepStore) -> list[list[
             key = (spec.fusion_key, store.run(spec.run_id).checkpoint_epoch("last"))
             buckets.setdefault(key, []).append(spec)
     return [members[i : i + k] for members in buckets.values() for i in range(0, len(members), max(k, 1))]
-
-
-def describe_failure(exc: BaseException) -> str:
-    """A user error is its message; anything else keeps its traceback for the run's error.txt."""
-    if isinstance(exc, BilateralError):
-        return f"{type(exc).__name__}: {exc}"
-    return "".join(traceback.format_exception(exc))
 
 
 class InProcessExecutor:

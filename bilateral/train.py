@@ -40,6 +40,7 @@ from bilateral.data import (
 from bilateral.data.beton import prepare_betons, split_parts
 from bilateral.data.loader import LoaderOptions
 from bilateral.data.loaders import Loader, make_loader
+from bilateral.distributed import fail_together, from_rank0, rank_and_world
 from bilateral.errors import CheckpointError, ConfigError
 from bilateral.experiment import RunSpec, group_name
 from bilateral.models import Ensemble, count_parameters, load_state_strict
@@ -136,13 +137,6 @@ def make_splits(data: HierarchicalDataset, spec: RunSpec) -> Splits:
     return Splits(train, val, test)
 
 
-def distributed() -> tuple[int, int]:
-    """(rank, world size) of the torch.distributed group this process is in; (0, 1) when there is none."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
 EpochCallback = Callable[[dict], None]
 
 
@@ -186,7 +180,13 @@ def run_group(
     }
     todo = [s for s in specs if s.run_id not in finished]
     if todo:
-        records = _run_unfinished(todo, store, device, data_dir, on_epoch, placement)
+
+        def record_failure(text: str) -> None:
+            for spec in todo:
+                store.run(spec.run_id).write_error(text)
+
+        with fail_together(group_name(todo), record_failure):  # DDP: one rank's failure ends every rank
+            records = _run_unfinished(todo, store, device, data_dir, on_epoch, placement)
         finished.update({r["run_id"]: r for r in records})
     return [finished[s.run_id] for s in specs]
 
@@ -205,7 +205,7 @@ def _check_fusable(specs: list[RunSpec], world: int) -> None:
 
 
 def _run_unfinished(specs, store, device, data_dir, on_epoch, placement) -> list[dict]:
-    rank, world = distributed()
+    rank, world = rank_and_world()
     _check_fusable(specs, world)
     spec = specs[0]  # data, batch sizes and loader settings are the same for every member
     if spec.train.batch_size % world:
@@ -278,7 +278,7 @@ def _run_unfinished(specs, store, device, data_dir, on_epoch, placement) -> list
 
 def _finish(spec, run_store: RunStore, model, stats: dict, data, splits: Splits, val, test, dev) -> dict:
     """Validate and test the chosen checkpoint once; rank 0 writes the predictions and the record."""
-    rank, world = distributed()
+    rank, world = rank_and_world()
     started = time.time()
     wall_s = stats.pop("wall_s")
     val_metrics, _ = evaluate(model, val, spec, dev)
@@ -418,8 +418,13 @@ def _build_members(specs: list[RunSpec], store: SweepStore, data) -> list[nn.Mod
 def _load_last(
     specs: list[RunSpec], run_stores: list[RunStore], members: list[nn.Module]
 ) -> list[dict] | None:
-    """The members' last checkpoints (weights loaded into `members`), or None when none has one."""
-    lasts = [rs.load_checkpoint("last") if rs.has_checkpoint("last") else None for rs in run_stores]
+    """The members' last checkpoints (weights loaded into `members`), or None when none has one.
+    Under DDP rank 0 reads them and every rank gets its copy: all resume from the same epoch."""
+
+    def read() -> list[dict | None]:
+        return [rs.load_checkpoint("last") if rs.has_checkpoint("last") else None for rs in run_stores]
+
+    lasts = from_rank0(read)
     epochs = [-1 if last is None else last["epoch"] for last in lasts]
     if len(set(epochs)) > 1:
         raise CheckpointError(
@@ -447,7 +452,7 @@ def _train(
     torch.backends.cudnn.benchmark = True  # fixed 32x32 shapes: pick the fastest conv kernels once
     if spec.train.channels_last:
         net.to(memory_format=torch.channels_last)
-    rank, world = distributed()
+    rank, world = rank_and_world()
     if world > 1 and dev.type == "cuda" and spec.train.sync_bn:  # statistics of the global batch
         net = nn.SyncBatchNorm.convert_sync_batchnorm(net)
     optimizer = make_optimizer(spec, net)
@@ -593,7 +598,8 @@ def _train(
         model.to(dev)
         if spec.train.channels_last:
             model.to(memory_format=torch.channels_last)
-        load_state_strict(model, rs.load_checkpoint("best")["model"], str(rs.path("checkpoints/best.pt")))
+        best = from_rank0(lambda rs=rs: rs.load_checkpoint("best")["model"])  # rank 0's file on every rank
+        load_state_strict(model, best, str(rs.path("checkpoints/best.pt")))
         stats = {
             "best_epoch": state["best_epoch"],
             "epochs": epochs,

@@ -1,0 +1,94 @@
+"""DDP ranks that fail together and resume together.
+
+A rank that raises publishes its error in the process group's store and records it (the first
+failure only); every other rank watches that store from a thread and, once it sees the failure,
+ends its process within a second, because it is waiting in a collective that can never complete
+(NCCL or gloo would otherwise hold it until their timeout, ten minutes or more). On Slurm and Ray
+a DDP run is a job or worker group of its own, so ending the processes ends exactly that run.
+
+Resuming, only rank 0 reads checkpoints and broadcasts them: a rank that sees an older file on
+shared storage cannot start from another epoch than the others.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch.distributed as dist
+
+from bilateral.errors import BilateralError, describe_failure
+
+log = logging.getLogger(__name__)
+PEER_FAILED_EXIT = 75  # exit status of a rank ended because another rank failed
+
+
+class RankFailed(BilateralError):
+    """A run under DDP failed on one of its ranks; the message names the rank and holds its error."""
+
+
+def rank_and_world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def from_rank0(make: Callable[[], Any]) -> Any:
+    """make() on rank 0, its value on every rank (pickled through the process group)."""
+    rank, world = rank_and_world()
+    if world == 1:
+        return make()
+    box = [make() if rank == 0 else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+@contextlib.contextmanager
+def fail_together(name: str, record: Callable[[str], None], poll_s: float = 0.5) -> Iterator[None]:
+    """Run the body on every rank of the group; a failure on any rank ends it on all of them.
+
+    record(text) keeps the first failing rank's error (the run's error.txt); the failing rank
+    raises RankFailed, the others exit with PEER_FAILED_EXIT."""
+    rank, world = rank_and_world()
+    if world == 1:
+        yield
+        return
+    store = dist.distributed_c10d._get_default_store()
+    key, first = f"bilateral/{name}/failed", f"bilateral/{name}/failures"
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.wait(poll_s):
+            try:
+                failed = store.check([key])
+            except Exception:  # the store lives on rank 0's host: gone with it
+                failed, text = True, "the process group's store is gone (rank 0 ended)"
+            else:
+                text = store.get(key).decode() if failed else ""
+            if failed and not done.is_set():
+                print(f"rank {rank}/{world}: ending, another rank failed: {text}", file=sys.stderr)
+                sys.stderr.flush()
+                os._exit(PEER_FAILED_EXIT)
+
+    watcher = threading.Thread(target=watch, name="bilateral-fail-together", daemon=True)
+    watcher.start()
+    try:
+        yield
+    except Exception as exc:
+        done.set()
+        text = f"rank {rank} of {world} failed: {describe_failure(exc)}"
+        try:
+            if store.add(first, 1) == 1:  # the first failure is the cause; later ones are echoes
+                record(text)
+                store.set(key, text[-8000:])
+        except Exception:  # the store is gone: the peers end on their own
+            record(text)
+        raise RankFailed(text) from exc
+    finally:
+        done.set()
+        watcher.join()

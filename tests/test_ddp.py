@@ -1,0 +1,144 @@
+"""DDP over 2 gloo processes on this CPU, through bilateral.train.run as Slurm and Ray call it: a
+failure on one rank ends both, ranks draw their own dropout masks and draw them again after a
+resume, and a rank that would read a stale last.pt still resumes from rank 0's epoch."""
+
+import hashlib
+import json
+import multiprocessing
+import os
+import shutil
+import socket
+import time
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from bilateral.distributed import PEER_FAILED_EXIT
+from bilateral.experiment import build_plan
+from bilateral.store import RunStore, SweepStore
+from bilateral.train import run
+from tests.conftest import tiny_config
+
+OVERRIDES = ["plan.models=[unilateral]", "model.dropout=0.5", "train.epochs=3"]
+
+
+def spec():
+    return build_plan(tiny_config(*OVERRIDES)).runs[0]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def worker(rank: int, port: int, root: str, scenario: str, out: str) -> None:
+    """One rank: record each training step's dropout masks (a hash per call), then run()."""
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    masks: list[str] = []
+    dropout = F.dropout
+
+    def recording(x, p=0.5, training=True, inplace=False):
+        y = dropout(x, p, training, inplace)
+        if training and p > 0:
+            masks.append(hashlib.sha256((y == 0).numpy().tobytes()).hexdigest()[:16])
+        return y
+
+    F.dropout = recording
+    if scenario == "killed" and rank == 0:  # keep the epoch-0 last.pt: the stale file of the resume
+        save = RunStore.save_checkpoint
+
+        def save_and_keep(self, name, state):
+            save(self, name, state)
+            if name == "last" and state["epoch"] == 0:
+                shutil.copy(self.path("checkpoints/last.pt"), self.path("checkpoints/stale.pt"))
+
+        RunStore.save_checkpoint = save_and_keep
+    if scenario == "stale" and rank == 1:  # this rank's view of shared storage lags one epoch behind
+        load = RunStore.load_checkpoint
+        RunStore.load_checkpoint = lambda self, name, mmap=False: load(
+            self, "stale" if name == "last" else name, mmap
+        )
+
+    def on_epoch(row: dict) -> None:
+        masks.append(f"end of epoch {row['epoch']}")
+        if scenario == "fail" and rank == 1:
+            raise RuntimeError("injected failure on rank 1")
+        if scenario == "killed" and row["epoch"] == 2:  # both ranks die before epoch 2's checkpoint
+            os._exit(9)
+
+    record = run(spec(), SweepStore(root), device="cpu", data_dir=tiny_config().data_dir, on_epoch=on_epoch)
+    with open(out, "w") as f:
+        json.dump({"masks": masks, "resumed_from_epoch": record["resumed_from_epoch"]}, f)
+    dist.destroy_process_group()
+
+
+def launch(tmp_path, root, scenario: str, timeout: float = 120) -> list[int]:
+    """Both ranks; their exit codes. The timeout is far below gloo's (30 min): a hang fails here."""
+    ctx = multiprocessing.get_context("spawn")
+    port = free_port()
+    outs = [str(tmp_path / f"{scenario}-{r}.json") for r in range(2)]
+    procs = [ctx.Process(target=worker, args=(r, port, str(root), scenario, outs[r])) for r in range(2)]
+    for p in procs:
+        p.start()
+    deadline = time.time() + timeout
+    for p in procs:
+        p.join(max(1, deadline - time.time()))
+    alive = [p for p in procs if p.is_alive()]
+    for p in alive:
+        p.kill()
+    assert not alive, f"{scenario}: ranks still running after {timeout} s"
+    return [p.exitcode for p in procs]
+
+
+def masks(tmp_path, scenario: str, rank: int) -> dict[int, list[str]]:
+    """{epoch: that epoch's mask hashes} of one rank."""
+    per_epoch, current = {}, []
+    for item in json.loads((tmp_path / f"{scenario}-{rank}.json").read_text())["masks"]:
+        if item.startswith("end of epoch"):
+            per_epoch[int(item.split()[-1])], current = current, []
+        else:
+            current.append(item)
+    return per_epoch
+
+
+def test_a_failure_on_rank_1_ends_both_ranks_and_is_recorded(tmp_path):
+    tic = time.time()
+    codes = launch(tmp_path, tmp_path / "sweep", "fail")
+    assert codes[0] == PEER_FAILED_EXIT and codes[1] not in (0, PEER_FAILED_EXIT), codes
+    assert time.time() - tic < 90
+    error = (tmp_path / "sweep" / "runs" / spec().run_id / "error.txt").read_text()
+    assert "rank 1 of 2 failed" in error and "injected failure on rank 1" in error
+    assert not (tmp_path / "sweep" / "runs" / spec().run_id / "record.json").exists()
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """An uninterrupted 2-rank run, and one killed before epoch 2's checkpoint then resumed with
+    rank 1 seeing the epoch-0 last.pt."""
+    tmp = tmp_path_factory.mktemp("ddp")
+    assert launch(tmp, tmp / "full", "full") == [0, 0]
+    assert launch(tmp, tmp / "resumed", "killed") == [9, 9]
+    assert launch(tmp, tmp / "resumed", "stale") == [0, 0]
+    return tmp
+
+
+def test_ranks_draw_their_own_dropout_masks(runs):
+    rank0, rank1 = masks(runs, "full", 0), masks(runs, "full", 1)
+    assert set(rank0) == {0, 1, 2} and len(rank0[0]) == len(rank1[0]) > 0
+    for epoch in rank0:
+        assert not set(rank0[epoch]) & set(rank1[epoch])
+
+
+def test_a_resume_draws_the_same_masks_from_rank_0s_checkpoint(runs):
+    for rank in (0, 1):
+        resumed = json.loads((runs / f"stale-{rank}.json").read_text())
+        assert resumed["resumed_from_epoch"] == 2  # not 1: rank 1's stale file was never read
+        assert masks(runs, "stale", rank) == {2: masks(runs, "full", rank)[2]}
+    run_id = spec().run_id
+    full = SweepStore(runs / "full").run(run_id).load_checkpoint("last")["model"]
+    resumed = SweepStore(runs / "resumed").run(run_id).load_checkpoint("last")["model"]
+    assert all(torch.equal(full[k], resumed[k]) for k in full)
