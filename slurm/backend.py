@@ -191,6 +191,7 @@ def parse_sinfo(text: str, partition: str | None) -> Offer:
 
 
 def slurm_offer(partition: str | None) -> Offer:
+    _require_slurm()
     proc = subprocess.run(["sinfo", "-h", "-o", "%P|%G|%c"], capture_output=True, text=True, timeout=60)
     if proc.returncode != 0:
         raise BilateralError(f"sinfo failed: {proc.stderr.strip() or proc.stdout.strip()}")
@@ -678,8 +679,8 @@ class SlurmStages:
 
 def run(args: argparse.Namespace, cfg: SweepConfig, plan: Plan, store: SweepStore) -> dict[str, str]:
     """Run every unfinished run of the plan on Slurm; return {run_id: error} of those that failed."""
-    _require_slurm()
     opts = SlurmOptions.from_args(args, cfg)
+    _require_slurm()
     stages = SlurmStages(opts, store)
     if args.engine == "ray":
         return stages.run_ray(args, cfg, plan, detach=args.detach)

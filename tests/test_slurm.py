@@ -320,6 +320,30 @@ def test_ddp_over_two_tasks_on_cpu(slurm_cluster, tmp_path):
         assert f"process group: rank {rank}/2" in log and "backend gloo" in log
 
 
+def test_a_rank_1_failure_ends_its_ddp_job_and_the_other_run_finishes(slurm_cluster, tmp_path):
+    """Rank 1 of one DDP run raises (tests/faults/sitecustomize.py); rank 0, waiting in a collective,
+    must end within seconds (gloo would wait 30 minutes), the error must be the run's, and the
+    sweep's other run must finish."""
+    faults = REPO / "tests" / "faults"
+    env = {**ENV, "PYTHONPATH": str(faults), "FAIL_ON_RANK1": "hemisphere-fine"}
+    models = ["--models", "hemisphere-fine,hemisphere-coarse"]
+    ddp = ["--workers-per-run", "2", "--cpus-per-run", "2"]
+    cmd = sweep_cmd(tmp_path, "--seeds", "0", *ON_SLURM, *models, *ddp)
+    tic = time.time()
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert time.time() - tic < 300
+    runs = tmp_path / "t" / "runs"
+    (failed,) = [d for d in runs.iterdir() if d.name.startswith("hemisphere-fine")]
+    (other,) = [d for d in runs.iterdir() if d.name.startswith("hemisphere-coarse")]
+    error = (failed / "error.txt").read_text()
+    assert "rank 1 of 2 failed" in error and "injected failure on rank 1" in error, error
+    assert (other / "record.json").is_file() and not (failed / "record.json").exists()
+    job = ledger(tmp_path / "t")[failed.name]
+    logs = "".join(p.read_text() for p in (tmp_path / "t" / "slurm" / job).glob("*_log.err"))
+    assert "rank 0/2: ending, another rank failed" in logs
+
+
 def test_sinfo_gpus_are_read_per_partition():
     from slurm.backend import parse_sinfo
 
@@ -336,9 +360,9 @@ def test_default_device_on_a_cpu_only_cluster_trains_on_cpu_and_says_so(slurm_cl
     proc = sweep(tmp_path, *args)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Slurm's default partition (sinfo) reports no GPU: the runs train on the CPU" in proc.stderr
-    (record,) = [json.loads(p.read_text()) for p in (tmp_path / "t" / "runs").glob("*/record.json")]
-    assert record["device"] == "cpu" and record["placement"]["device"] == "cpu"
-    assert record["placement"]["gpus"] == 0 and record["threads"] == 1
+    records = [json.loads(p.read_text()) for p in (tmp_path / "t" / "runs").glob("*/record.json")]
+    assert records and all(r["device"] == "cpu" and r["placement"]["device"] == "cpu" for r in records)
+    assert all(r["placement"]["gpus"] == 0 and r["threads"] == 1 for r in records)
 
 
 def test_task_refuses_a_spec_whose_id_changed_since_submission(tmp_path, tiny_plan):
