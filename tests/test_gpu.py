@@ -88,8 +88,10 @@ def test_host_syncs_do_not_grow_with_the_steps_of_an_epoch(tmp_path, fuse):
 
 
 def test_cuda_steps_match_cpu_steps_with_the_fast_path_off(tmp_path):
-    """fp32 on CUDA (TF32 off) trains the same network as on CPU: two epochs' records agree."""
-    (spec,) = unilateral_specs("train.epochs=2", "optim.name=sgd", "optim.lr=0.05")
+    """fp32 on CUDA (TF32 off) trains the same network as on CPU: two epochs' records agree.
+    Dropout is off (the two devices' generators draw different masks), and only learned weights are
+    compared (BatchNorm's running statistics would dominate the norm)."""
+    (spec,) = unilateral_specs("train.epochs=2", "optim.name=sgd", "optim.lr=0.05", "model.dropout=0.0")
     torch.backends.cudnn.allow_tf32 = False
     try:
         records = {
@@ -101,8 +103,9 @@ def test_cuda_steps_match_cpu_steps_with_the_fast_path_off(tmp_path):
     cpu, cuda = records["cpu"], records["cuda"]
     assert cuda["device"] != "cpu"
     weights = {
-        dev: torch.cat([p.flatten().float() for p in SweepStore(tmp_path / dev).run(spec.run_id)
-                        .load_checkpoint("last")["model"].values() if p.is_floating_point()])
+        dev: torch.cat([p.flatten().float() for k, p in SweepStore(tmp_path / dev).run(spec.run_id)
+                        .load_checkpoint("last")["model"].items()
+                        if p.is_floating_point() and "running_" not in k])
         for dev in ("cpu", "cuda")
     }  # fmt: skip
     drift = float((weights["cpu"] - weights["cuda"]).norm() / weights["cpu"].norm())
