@@ -20,10 +20,18 @@ and fused training of K = 1, 4, 10 models as one network. Every variant is built
 first, then timed in --rounds rounds of --steps steps, all variants in turn each round, so a
 shared machine's slow spells fall on all of them alike; the table gives each variant's median
 round, ratios to the baseline, the achieved TFLOP/s (6 x multiply-accumulates per image: compare
-with the device's peak) and the spread across rounds; then the wall time the `fast` and `paper`
-presets would take on this device at this width (a projection from the best single-model rate,
-scaled by each run's forward cost). On a CPU the default width is 1/4 so the benchmark finishes
-in a few minutes; on a GPU it is the paper's width 1.
+with the device's peak) and the spread across rounds. Then the wall time the `fast` and `paper`
+presets would take on this device at this width, one run at a time, each from the variant that
+trains as its config does (data.loader, train.channels_last, train.compile, and train.bf16 where
+the device trains in bf16: bilateral.train.choose_precision); a variant not measured in this
+invocation (no --compile, no FFCV) is named, and the closest measured one stands in. Besides the
+training steps the projection counts, measured in the same invocation, each epoch's evaluation of
+a data.val_size validation split (fp32, as training evaluates: timed over up to that many images,
+scaled to it) and the checkpoints (`last`, model + Adam state, and `best`, model, written with
+RunStore.save_checkpoint, which fsyncs, every train.checkpoint_every epochs: `best` each time, an
+upper bound). Every run is weighed against a unilateral ResNet-9 by its forward cost (training at
+a third of it for frozen hemispheres) or, for checkpoints, its parameters. On a CPU the default
+width is 1/4 so the benchmark finishes in a few minutes; on a GPU it is the paper's width 1.
 
 pack: when packing several runs on one device helps. For each width (--widths), the aggregate
 training images/s of P runs (--runs) of the memory path, all three training the identical step:
@@ -48,17 +56,20 @@ import os
 import platform
 import queue
 import sys
+import tempfile
 import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 from tabulate import tabulate
 
 from bilateral.assemble import build_model
-from bilateral.config import load_config
+from bilateral.config import SweepConfig, load_config
 from bilateral.data.beton import prepare_betons
 from bilateral.data.loader import LoaderOptions
 from bilateral.data.loaders import LOADERS, make_loader
@@ -68,7 +79,8 @@ from bilateral.experiment import build_plan
 from bilateral.extras import require
 from bilateral.models import UnilateralNet, build_backbone, count_parameters
 from bilateral.models.fused import fuse, split_outputs, stack_inputs
-from bilateral.train import load_data, loss_fn, resolve_device
+from bilateral.store import RunStore
+from bilateral.train import choose_precision, evaluate_members, load_data, loss_fn, resolve_device
 
 
 def _installed(module: str) -> bool:
@@ -81,14 +93,19 @@ def _installed(module: str) -> bool:
     return True
 
 
+def _sync(device: torch.device) -> None:
+    """Drain the device's queue, so that the clock sees the work done."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def epoch_seconds(loader, epoch: int, device: torch.device) -> tuple[float, int]:
     loader.set_epoch(epoch)
     tic = time.perf_counter()
     images = 0
     for x, _, _ in loader:
         images += len(x)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    _sync(device)
     return time.perf_counter() - tic, images
 
 
@@ -217,17 +234,13 @@ class TrainingSteps:
         loss.backward()
         self.optimizer.step()
 
-    def _sync(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-
     def time(self, steps: int) -> float:
         """Seconds that `steps` training steps take, the device's queue drained before and after."""
-        self._sync()
+        _sync(self.device)
         tic = time.perf_counter()
         for _ in range(steps):
             self._step()
-        self._sync()
+        _sync(self.device)
         return time.perf_counter() - tic
 
 
@@ -245,21 +258,155 @@ def _train_rate(
     return args.steps * steps.images_per_step / seconds, 1000 * seconds / args.steps
 
 
-def _projected_hours(preset: str, images_per_s: float, width: float) -> float:
-    """Wall time of a preset's whole plan at images_per_s for a unilateral ResNet-9 of this width."""
-    cfg = load_config(preset)
-    cfg.model.width = width
-    base = _macs(UnilateralNet(build_backbone("resnet9", width), 100, 20))
+SETTINGS = ("channels_last", "bf16", "compile")  # besides the loader, in the order of variant names
+
+
+UNMEASURED = {  # why a preset's setting can lack a measured variant
+    "loader": "its library is not installed",
+    "channels_last": "not timed with the other settings",
+    "bf16": "not timed with the other settings",
+    "compile": "time it with --compile",
+}
+
+
+@dataclass
+class Overheads:
+    """A unilateral ResNet-9's per-epoch costs outside the training steps, as measured here."""
+
+    eval_s_per_image: float  # one fp32 evaluation pass over a preset's validation split, per image
+    last_s: float  # one `last` checkpoint: model + Adam state
+    best_s: float  # one `best` checkpoint: model
+
+
+def _settings(variant: dict) -> dict:
+    """How a variant trains, in the terms of a preset's config."""
+    return {"loader": variant["loader"], **{key: bool(variant.get(key)) for key in SETTINGS}}
+
+
+def _describe(settings: dict) -> str:
+    """A variant's name from its settings: 'memory + channels_last + bf16'."""
+    return " + ".join([settings["loader"], *(key for key in SETTINGS if settings[key])])
+
+
+def _variant_for(cfg: SweepConfig, device: torch.device, variants: list[dict]) -> tuple[dict, list[str]]:
+    """The measured variant that trains as the preset's runs do on this device, or the closest one
+    (fewest settings unlike, the first of equals), and notes of every difference from the config."""
+    precision, why = choose_precision(build_plan(cfg).runs[0], device)
+    wanted = {"loader": cfg.data.loader, "bf16": precision == "bf16",
+              "channels_last": cfg.train.channels_last, "compile": cfg.train.compile}  # fmt: skip
+    notes = [why] if why else []
+    singles = [v for v in variants if not v.get("fuse")]
+    chosen = min(singles, key=lambda v: sum(_settings(v)[k] != wanted[k] for k in wanted))
+    unlike = [f"{k}: {UNMEASURED[k]}" for k in wanted if _settings(chosen)[k] != wanted[k]]
+    if unlike:
+        notes.append(
+            f"{_describe(wanted)} was not measured in this invocation; projecting from the closest "
+            f"measured variant, {chosen['name']} (unlike in {'; '.join(unlike)})"
+        )
+    return chosen, notes
+
+
+def _eval_seconds_per_image(cfg: SweepConfig, data, indices, device, width: float) -> float:
+    """Seconds per image of evaluating as training does each epoch (evaluate_members: fp32, no
+    autocast, the preset's eval batch and channels_last, the memory loader), over up to
+    data.val_size of the images, after one untimed pass (cudnn autotuning)."""
+    mean, std = data.mean_std()
+    images = indices[: cfg.data.val_size]
+    opts = LoaderOptions(cfg.train.eval_batch_size, device, mean, std, False, 0, cfg.train.channels_last)
+    loader = make_loader("memory", data.train, images, opts)
+    model = UnilateralNet(build_backbone("resnet9", width), data.num_fine, data.num_coarse).to(device)
+    if cfg.train.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    spec = build_plan(cfg).runs[0]
+    evaluate_members(model, loader, spec, device, 1)
+    _sync(device)
+    tic = time.perf_counter()
+    evaluate_members(model, loader, spec, device, 1)
+    _sync(device)
+    return (time.perf_counter() - tic) / len(images)
+
+
+def _checkpoint_seconds(data, device: torch.device, width: float) -> tuple[float, float]:
+    """Median seconds of 3 writes each of `last` (model + Adam state) and `best` (model) with
+    RunStore.save_checkpoint, which fsyncs, into a temporary directory."""
+    model = UnilateralNet(build_backbone("resnet9", width), data.num_fine, data.num_coarse).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, fused=device.type == "cuda" or None)
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    optimizer.step()  # Adam's moments exist after the first step
+    last = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": 0}
+    best = {"model": model.state_dict(), "epoch": 0}
+    with tempfile.TemporaryDirectory() as tmp:
+        store = RunStore(Path(tmp))
+        last_s = _median_seconds(lambda: store.save_checkpoint("last", last))
+        best_s = _median_seconds(lambda: store.save_checkpoint("best", best))
+    return last_s, best_s
+
+
+def _median_seconds(write: Callable[[], None], times: int = 3) -> float:
+    """One write's time is at the mercy of the disk's other work: the median of a few."""
+    seconds = []
+    for _ in range(times):
+        tic = time.perf_counter()
+        write()
+        seconds.append(time.perf_counter() - tic)
+    return float(np.median(seconds))
+
+
+def _projected_hours(cfg: SweepConfig, images_per_s: float, overheads: Overheads) -> dict[str, float]:
+    """Hours of a preset's whole plan, one run at a time, for a unilateral ResNet-9 of the config's
+    model.width that trains at images_per_s: training steps, evaluation every epoch and
+    checkpoints, each run weighed by its forward cost (training, evaluation) or its parameters
+    (checkpoints) against that network."""
+    base = UnilateralNet(build_backbone("resnet9", cfg.model.width), 100, 20)
+    base_macs, base_params = _macs(base), count_parameters(base)
     train_images = 50_000 - cfg.data.val_size  # CIFAR-100
-    seconds = 0.0
+    hours = dict.fromkeys(("training", "evaluation", "checkpoint"), 0.0)
     for spec in build_plan(cfg).runs:
         if not spec.trains:
             continue
-        cost = _macs(build_model(spec, 100, 20)) / base
-        if spec.kind == "bilateral-specialised":
-            cost /= 3  # frozen hemispheres: forward only, no backward (about a third of a step)
-        seconds += spec.train.epochs * train_images * cost / images_per_s
-    return seconds / 3600
+        model = build_model(spec, 100, 20)
+        forward = _macs(model) / base_macs
+        # frozen hemispheres: forward only, no backward (about a third of a step)
+        step = forward / 3 if spec.kind == "bilateral-specialised" else forward
+        epochs = spec.train.epochs
+        writes = -(-epochs // spec.train.checkpoint_every)  # every N epochs and after the last one
+        hours["training"] += epochs * train_images * step / images_per_s / 3600
+        hours["evaluation"] += epochs * cfg.data.val_size * forward * overheads.eval_s_per_image / 3600
+        # `best` at every write: an upper bound (validation improves most epochs early on)
+        share = count_parameters(model) / base_params
+        hours["checkpoint"] += writes * (overheads.last_s + overheads.best_s) * share / 3600
+    return hours
+
+
+def _hours(h: float) -> str:
+    """Two decimals, or two significant digits below an hour: a checkpoint's share is not 0.00."""
+    return f"{h:,.2f}" if h >= 1 else f"{h:.2g}"
+
+
+def _print_projections(rates: dict[str, float], variants: list[dict], data, indices, device, width) -> None:
+    """Each preset's wall time from the variant that trains as it does, with evaluation and checkpoints."""
+    last_s, best_s = _checkpoint_seconds(data, device, width)
+    print(
+        f"\nprojected wall time of each preset's whole plan, one run at a time ({device}, width {width}):\n"
+        "  training steps at the rate of the variant that trains as the preset does, each epoch's fp32\n"
+        "  evaluation of data.val_size images, and every train.checkpoint_every epochs `last` and `best`\n"
+        f"  (an upper bound), measured here: `last` {last_s:.3f} s, `best` {best_s:.3f} s per write"
+    )
+    rows = []
+    for preset in ("fast", "paper"):
+        cfg = load_config(preset, overrides=[f"model.width={width}"])
+        variant, notes = _variant_for(cfg, device, variants)
+        eval_s = _eval_seconds_per_image(cfg, data, indices, device, width)
+        print(f"  {preset}: evaluation {1 / eval_s:,.0f} images/s (batch {cfg.train.eval_batch_size})")
+        for note in notes:
+            print(f"  {preset}: {note}")
+        rate = rates[variant["name"]]
+        hours = _projected_hours(cfg, rate, Overheads(eval_s, last_s, best_s))
+        rows.append({"preset": preset, "variant": variant["name"], "images/s": f"{rate:,.0f}",
+                     **{f"{part} h": _hours(h) for part, h in hours.items()},
+                     "total h": _hours(sum(hours.values()))})  # fmt: skip
+    print(tabulate(rows, headers="keys", tablefmt="github"))
 
 
 def bench_train(args: argparse.Namespace) -> int:
@@ -299,27 +446,20 @@ def bench_train(args: argparse.Namespace) -> int:
             rounds.append(args.steps * runner.images_per_step / runner.time(args.steps))
             print(f"  round {n}/{args.rounds}, {variant['name']}: {rounds[-1]:,.0f} images/s", flush=True)
     medians = [float(np.median(rounds)) for rounds in rates]
-    best = max(rate for variant, rate in zip(variants, medians, strict=True) if not variant.get("fuse"))
     rows = [
         {
             "variant": variant["name"],
             "images/s": f"{rate:,.0f}",
             "ms/step": f"{1000 * runner.images_per_step / rate:.1f}",
             "vs baseline": f"{rate / medians[0]:.2f}x",
-            "TFLOP/s": f"{rate * gflop / 1e3:.2f}",  # against the device's peak: how close
+            "TFLOP/s": f"{rate * gflop / 1e3:.3g}",  # against the device's peak: how close (never 0.00)
             "spread": f"{100 * (max(rounds) - min(rounds)) / rate:.0f}%",
         }
         for variant, runner, rounds, rate in zip(variants, runners, rates, medians, strict=True)
     ]
     print(tabulate(rows, headers="keys", tablefmt="github"))
-    print(
-        f"\nprojected wall time at the best single-model rate "
-        f"({best:,.0f} images/s, width {width}, {device}):"
-    )
-    for preset in ("fast", "paper"):
-        print(
-            f"  {preset}: {_projected_hours(preset, best, width):.1f} h for the whole plan, one run at a time"
-        )
+    rates_by_name = {variant["name"]: rate for variant, rate in zip(variants, medians, strict=True)}
+    _print_projections(rates_by_name, variants, data, indices, device, width)
     return 0
 
 

@@ -5,21 +5,29 @@
 #   bash launch/gpu_check.sh prepare        # here (PyPI reachable): .device/ = wheels + real data
 #   bash launch/gpu_check.sh [STAGE ...]    # there, with .device carried: STAGE = tests bench pack sweep
 #
-# Stages (default: all four, in this order), each logged to $OUT/<stage>.log (default ./gpu-check;
-# with env.txt, summary.csv and runs.csv, at most 7 files):
+# Stages (default: all four, in this order), each logged as it runs to $OUT/<stage>.log (default
+# ./gpu-check; with env.txt, summary.csv and runs.csv, at most 7 files):
 #   tests   tests/test_gpu.py: no host sync per step, CPU = GPU batches and steps, bf16/compile learn
 #   bench   launch/bench.py train on real CIFAR-10 at the paper's width: baseline vs memory path,
-#           channels_last, bf16, compile, fused K=1,4,10; ratios; projected fast/paper wall time
+#           channels_last, bf16, compile, fused K=1,4,10; ratios; each preset's projected wall time
+#           from its own variant, with evaluation and checkpoints
 #   pack    launch/bench.py pack: sequential vs packed processes vs fused, per width
 #   sweep   the `fast` preset on real CIFAR-10 (SWEEP_ARGS, default seed 0 of the bilateral
-#           comparison), cut at SWEEP_SECONDS (default 300); summary.csv and runs.csv of what
-#           finished. Rerunning the stage on a still-warm machine resumes the sweep.
+#           comparison) until its limit; summary.csv and runs.csv of what finished, written also when
+#           it is cut. Rerunning the stage on a still-warm machine resumes the sweep.
+# Each stage is interrupted at its limit (TESTS_SECONDS 150, BENCH_SECONDS 240, PACK_SECONDS 120,
+# SWEEP_SECONDS 150; killed 10 s later if still running) and leaves its partial log; after every
+# stage the outcomes so far are printed, so a call cut by the device tool still says what finished.
+# The script refuses to start (exit 2) when the chosen stages' limits add up to more than
+# CALL_SECONDS (default 570: one 600-second call, less setup). A 15-minute device budget, machine
+# start (up to ~3 minutes) included, fits these two calls, the second made as soon as the first
+# returns (the machine stays warm only 30 s): 180 + 420 + 300 = 900 s at worst.
+#   run(command='bash launch/gpu_check.sh tests bench', carry=['.device'], timeout_s=420)  # 390 s of limits
+#   run(command='bash launch/gpu_check.sh pack sweep', carry=['.device'], timeout_s=300)   # 270 s of limits
 # Exit status 1 when a stage failed (a sweep cut at its time limit is not a failure).
-# Each stage stops at its time limit (tests 300 s, bench 300 s, pack 240 s, sweep SWEEP_SECONDS), so
-# a 15-minute lease fits `tests bench pack` in one call and `sweep` in a second on the warm machine.
 # Environment: PYTHON (default python3), OUT, DEVICE (default cuda), DEVICE_DIR (default .device),
-# RESULTS (the sweep's --out, default results), SWEEP_SECONDS, and the arguments that replace each
-# stage's defaults: BENCH_ARGS, PACK_ARGS, SWEEP_ARGS.
+# RESULTS (the sweep's --out, default results), CALL_SECONDS, the stage limits above, and the
+# arguments that replace each stage's defaults: BENCH_ARGS, PACK_ARGS, SWEEP_ARGS.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 DEVICE_DIR=${DEVICE_DIR:-.device}
@@ -38,31 +46,60 @@ prepare() {
   "$PYTHON" -m pip wheel -q --no-deps -w "$DEVICE_DIR/wheels" omegaconf==2.3.0 antlr4-python3-runtime==4.9.3
   cp ../shared/data/cifar10-jpg/cifar10-jpg.tar.gz "$DEVICE_DIR/"
   du -sh "$DEVICE_DIR"
-  echo "carry $DEVICE_DIR in the device call: run(command='bash launch/gpu_check.sh', carry=['$DEVICE_DIR'])"
+  echo "carry $DEVICE_DIR in the device calls:"
+  echo "  run(command='bash launch/gpu_check.sh tests bench', carry=['$DEVICE_DIR'], timeout_s=420)"
+  echo "  run(command='bash launch/gpu_check.sh pack sweep', carry=['$DEVICE_DIR'], timeout_s=300)"
 }
 
-stage() {  # stage NAME SECONDS COMMAND...: run with a time limit, log to $OUT/NAME.log, note the outcome
-  local name=$1 seconds=$2
-  shift 2
-  local tic=$SECONDS
-  echo "=== $name: $*" | tee "$OUT/$name.log"
-  timeout --signal=INT --kill-after=20 "$seconds" "$@" 2>&1 | tee -a "$OUT/$name.log"
+stage() {  # stage NAME COMMAND...: run under the stage's limit, log to $OUT/NAME.log, note the outcome
+  local name=$1 tic=$SECONDS
+  shift
+  echo "=== $name (limit ${limit[$name]} s): $*" | tee "$OUT/$name.log"
+  timeout --signal=INT --kill-after=10 "${limit[$name]}" "$@" 2>&1 | tee -a "$OUT/$name.log"
   local rc=${PIPESTATUS[0]}
   outcomes+=("$name: exit $rc after $((SECONDS - tic)) s")
   [ "$rc" = 0 ] || [ "$name:$rc" = sweep:124 ] || failed+=("$name")  # a sweep cut short resumes
+}
+
+sweep_results() {  # what finished, also of a sweep cut at its limit: summary.csv, runs.csv
+  timeout 30 "$PYTHON" launch/aggregate.py "$RESULTS/gpu-check" 2>&1 | tee -a "$OUT/sweep.log"
+  cp "$RESULTS"/gpu-check/{summary,runs}.csv "$OUT/" 2>/dev/null
+}
+
+check_budget() {  # every chosen stage known, with a whole number of seconds, and all in one call
+  local name total=0 named=()
+  [[ $CALL_SECONDS =~ ^[0-9]+$ ]] || { echo "CALL_SECONDS '$CALL_SECONDS' is not whole seconds"; exit 2; }
+  for name in "${stages[@]}"; do
+    [ -n "${limit[$name]+set}" ] || { echo "unknown stage $name: choose from tests bench pack sweep"; exit 2; }
+    [[ ${limit[$name]} =~ ^[0-9]+$ ]] || { echo "the $name stage's limit '${limit[$name]}' is not whole seconds"; exit 2; }
+    total=$((total + limit[$name]))
+    named+=("$name ${limit[$name]} s")
+  done
+  local list
+  list=$(printf '%s, ' "${named[@]}")
+  if [ "$total" -gt "$CALL_SECONDS" ]; then
+    echo "refusing to start: the stages' limits (${list%, }) add up to $total s, over CALL_SECONDS=$CALL_SECONDS" \
+      "(one device call): run them in calls that fit, e.g. 'tests bench' then 'pack sweep', or lower their *_SECONDS"
+    exit 2
+  fi
+  echo "stages: ${list%, } ($total s of CALL_SECONDS=$CALL_SECONDS)"
 }
 
 if [ "${1:-}" = prepare ]; then
   prepare
   exit
 fi
+stages=("$@")
+[ ${#stages[@]} -gt 0 ] || stages=(tests bench pack sweep)
+declare -A limit=([tests]=${TESTS_SECONDS:-150} [bench]=${BENCH_SECONDS:-240} [pack]=${PACK_SECONDS:-120}
+                  [sweep]=${SWEEP_SECONDS:-150})
+CALL_SECONDS=${CALL_SECONDS:-570}
+check_budget
 [ -d "$DEVICE_DIR/wheels" ] || { echo "no $DEVICE_DIR/wheels: run 'bash launch/gpu_check.sh prepare' here first, then carry $DEVICE_DIR"; exit 2; }
 mkdir -p "$OUT"
 site=$(mktemp -d)
 "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --target "$site" "$DEVICE_DIR"/wheels/*.whl
 export PYTHONPATH="$site:$PWD" PYTHONUNBUFFERED=1
-stages=("$@")
-[ ${#stages[@]} -gt 0 ] || stages=(tests bench pack sweep)
 outcomes=() failed=()
 {
   date -u
@@ -74,18 +111,17 @@ outcomes=() failed=()
 
 for name in "${stages[@]}"; do
   case $name in
-    tests) stage tests 300 "$PYTHON" -m pytest tests/test_gpu.py -v -p no:cacheprovider ;;
-    bench) stage bench 300 "$PYTHON" launch/bench.py train --device "$DEVICE" --data "$DATA" \
+    tests) stage tests "$PYTHON" -m pytest tests/test_gpu.py -v -p no:cacheprovider ;;
+    bench) stage bench "$PYTHON" launch/bench.py train --device "$DEVICE" --data "$DATA" \
              ${BENCH_ARGS:---compile --steps 20} ;;
-    pack) stage pack 240 "$PYTHON" launch/bench.py pack --device "$DEVICE" --data "$DATA" \
+    pack) stage pack "$PYTHON" launch/bench.py pack --device "$DEVICE" --data "$DATA" \
             ${PACK_ARGS:---bf16 --channels-last} ;;
     sweep)
-      stage sweep "${SWEEP_SECONDS:-300}" "$PYTHON" launch/sweep.py --preset fast --data "$DATA" \
-        --device "$DEVICE" --out "$RESULTS" --name gpu-check ${SWEEP_ARGS:---seeds 0 --models $COMPARISON}
-      "$PYTHON" launch/aggregate.py "$RESULTS/gpu-check" 2>&1 | tee -a "$OUT/sweep.log"  # what finished
-      cp "$RESULTS"/gpu-check/{summary,runs}.csv "$OUT/" 2>/dev/null ;;
-    *) echo "unknown stage $name: choose from tests bench pack sweep"; exit 2 ;;
+      stage sweep "$PYTHON" launch/sweep.py --preset fast --data "$DATA" --device "$DEVICE" \
+        --out "$RESULTS" --name gpu-check ${SWEEP_ARGS:---seeds 0 --models $COMPARISON}
+      sweep_results ;;
   esac
+  printf '=== outcomes after %s:\n' "$name"  # after every stage: the end of a cut call's output says
+  printf '  %s\n' "${outcomes[@]}"          # which stages finished
 done
-printf '%s\n' "${outcomes[@]}"  # last: the end of the output is what a device call returns
 [ ${#failed[@]} = 0 ] || { echo "failed: ${failed[*]}"; exit 1; }

@@ -3,16 +3,34 @@ speed figures are read from its output, never checked by tests)."""
 
 import re
 
-from launch.bench import main
+import pytest
+import torch
+
+from bilateral.config import load_config
+from launch.bench import Overheads, _projected_hours, _variant_for, main
 from tests.conftest import REPO
 
 DATA = ["--data", "synthetic", "--data-dir", str(REPO / "data")]
 
 
+def tables(out: str) -> list[list[list[str]]]:
+    """The cells of each markdown table of out, row by row, the header first (the rule left out)."""
+    found: list[list[list[str]]] = []
+    table = None
+    for line in out.splitlines():
+        if not line.startswith("|"):
+            table = None
+        elif not line.startswith("|--"):
+            if table is None:
+                table = []
+                found.append(table)
+            table.append([cell.strip() for cell in line.strip("|").split("|")])
+    return found
+
+
 def rows(out: str) -> list[list[str]]:
-    """The cells of the markdown table rows of out (header and rule excluded)."""
-    lines = [line for line in out.splitlines() if line.startswith("|") and not line.startswith("|--")]
-    return [[cell.strip() for cell in line.strip("|").split("|")] for line in lines[1:]]
+    """The cells of the first table's rows (header excluded)."""
+    return tables(out)[0][1:]
 
 
 def test_train_benchmark_prints_ratios_and_projections(capsys):
@@ -25,7 +43,45 @@ def test_train_benchmark_prints_ratios_and_projections(capsys):
     assert all(re.fullmatch(r"\d+\.\d\dx", r[3]) and float(r[4]) > 0 for r in table)
     assert all(re.fullmatch(r"\d+%", r[5]) for r in table)
     assert out.count("round 2/2, memory, fused K=2:") == 1  # every variant timed in each round
-    assert re.search(r"fast: \d+\.\d h", out) and re.search(r"paper: \d+\.\d h", out)
+    header, *projection = tables(out)[1]
+    hours_columns = ["training h", "evaluation h", "checkpoint h", "total h"]
+    assert header == ["preset", "variant", "images/s", *hours_columns]
+    # on a CPU `fast` trains in fp32 (no bf16 there), so its own variant is channels_last alone
+    assert [r[:2] for r in projection] == [["fast", "memory + channels_last"], ["paper", "memory"]]
+    assert "fast: train.bf16 applies on CUDA GPUs only: this CPU run trains in fp32" in out
+    assert "not measured" not in out  # both presets' variants were timed
+    rates = {r[0]: r[1] for r in table}
+    for row in projection:
+        assert row[2] == rates[row[1]]  # projected from that variant's own rate
+        hours = [float(cell.replace(",", "")) for cell in row[3:]]
+        assert all(h > 0 for h in hours)  # evaluation and checkpoints are counted
+        assert hours[-1] == pytest.approx(sum(hours[:-1]), rel=0.01)
+
+
+def test_a_preset_whose_variant_was_not_timed_is_projected_from_the_closest_one_named():
+    cfg = load_config("paper", overrides=["train.compile=true"])
+    variants = [
+        {"name": "memory", "loader": "memory"},
+        {"name": "memory + channels_last", "loader": "memory", "channels_last": True},
+        {"name": "memory, fused K=2", "loader": "memory", "compile": True, "fuse": 2},  # not one run
+    ]
+    variant, notes = _variant_for(cfg, torch.device("cpu"), variants)
+    assert variant["name"] == "memory"
+    assert notes == [
+        "memory + compile was not measured in this invocation; projecting from the closest measured "
+        "variant, memory (unlike in compile: time it with --compile)"
+    ]
+
+
+def test_projection_counts_checkpoints_every_checkpoint_every_epochs():
+    overheads = Overheads(eval_s_per_image=1e-4, last_s=0.2, best_s=0.1)
+    configs = [
+        load_config("paper", overrides=["model.width=0.125", f"train.checkpoint_every={n}"]) for n in (1, 2)
+    ]
+    each, second = (_projected_hours(cfg, 1000.0, overheads) for cfg in configs)  # 180 epochs: 180, 90 writes
+    assert second["checkpoint"] == pytest.approx(each["checkpoint"] / 2)
+    assert (second["training"], second["evaluation"]) == (each["training"], each["evaluation"])
+    assert each["evaluation"] > 0 and each["training"] > 0
 
 
 def test_pack_benchmark_compares_sequential_packed_and_fused(capsys):

@@ -1,10 +1,11 @@
 """launch/gpu_check.sh runs unattended on a short GPU lease, where nothing can be fixed in time: here
 it runs end to end on the CPU with tiny settings, from `prepare` (wheels, real data) to every
-stage's logs and the sweep's summary in $OUT."""
+stage's logs and the sweep's summary in $OUT; and it refuses stages whose limits overrun one call."""
 
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pandas as pd
 
@@ -23,6 +24,9 @@ def test_gpu_check_prepares_and_runs_every_stage(tmp_path):
         "DEVICE_DIR": str(tmp_path / "device"),
         "OUT": str(tmp_path / "out"),
         "RESULTS": str(tmp_path / "results"),
+        # a CPU on a shared machine: the stages' tiny settings get the limits of no device call
+        **{f"{stage}_SECONDS": "300" for stage in ("TESTS", "BENCH", "PACK", "SWEEP")},
+        "CALL_SECONDS": "1200",
         "BENCH_ARGS": f"--width 0.125 {tiny} --rounds 2 --fuse 2",
         "PACK_ARGS": f"--widths 0.125 --runs 2 --threads 2 {tiny}",
         "SWEEP_ARGS": "--seeds 0 --models bilateral-specialised model.width=0.125 train.epochs=1 "
@@ -33,10 +37,13 @@ def test_gpu_check_prepares_and_runs_every_stage(tmp_path):
     wheels = sorted(p.name.split("-")[0] for p in (tmp_path / "device" / "wheels").glob("*.whl"))
     assert wheels == ["antlr4_python3_runtime", "omegaconf"]
 
-    proc = subprocess.run(["bash", SCRIPT], env=env, capture_output=True, text=True, timeout=1200)
+    proc = subprocess.run(["bash", SCRIPT], env=env, capture_output=True, text=True, timeout=1300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
-    for stage in ("tests", "bench", "pack", "sweep"):
-        assert f"{stage}: exit 0 after" in proc.stdout
+    stages = ("tests", "bench", "pack", "sweep")
+    for n, stage in enumerate(stages):  # after every stage, the outcomes so far
+        report = proc.stdout.split(f"=== outcomes after {stage}:\n")[1].split("===")[0]
+        assert [line.split(":")[0].strip() for line in report.splitlines()] == list(stages[: n + 1])
+        assert f"{stage}: exit 0 after" in report
     out = tmp_path / "out"
     files = {"env.txt", "tests.log", "bench.log", "pack.log", "sweep.log", "summary.csv", "runs.csv"}
     assert {p.name for p in out.iterdir()} == files  # a device call brings back at most 8
@@ -45,3 +52,32 @@ def test_gpu_check_prepares_and_runs_every_stage(tmp_path):
     summary = pd.read_csv(out / "summary.csv").set_index("model")
     assert {"bilateral-specialised", "hemisphere-fine", "hemisphere-coarse"} <= set(summary.index)
     assert 0 < summary.loc["bilateral-specialised", "coarse_acc_mean"] <= 1
+
+
+def script(tmp_path, *stages: str, **limits: str) -> subprocess.CompletedProcess:
+    """The script with no wheels prepared: it stops at once, on its budget or on the missing wheels."""
+    env = {**os.environ, **limits, "DEVICE_DIR": str(tmp_path / "device"), "OUT": str(tmp_path / "out")}
+    return subprocess.run(["bash", SCRIPT, *stages], env=env, capture_output=True, text=True, timeout=30)
+
+
+def test_gpu_check_refuses_stages_that_overrun_one_call(tmp_path):
+    proc = script(tmp_path)  # all four stages
+    assert proc.returncode == 2
+    assert proc.stdout.startswith(
+        "refusing to start: the stages' limits (tests 150 s, bench 240 s, pack 120 s, sweep 150 s) "
+        "add up to 660 s, over CALL_SECONDS=570"
+    )
+    assert not (tmp_path / "out").exists()  # nothing ran
+    proc = script(tmp_path, "tests", "bench", BENCH_SECONDS="500")
+    assert proc.returncode == 2 and "(tests 150 s, bench 500 s) add up to 650 s" in proc.stdout
+    assert script(tmp_path, "pack", "sweep", CALL_SECONDS="269").returncode == 2
+
+
+def test_gpu_check_default_limits_fit_the_two_suggested_calls(tmp_path):
+    for stages, total in ((("tests", "bench"), 390), (("pack", "sweep"), 270)):
+        proc = script(tmp_path, *stages)
+        assert f"({total} s of CALL_SECONDS=570)" in proc.stdout
+        assert "no " + str(tmp_path / "device") + "/wheels" in proc.stdout  # past the budget, to the wheels
+    header = Path(SCRIPT).read_text()
+    assert "run(command='bash launch/gpu_check.sh tests bench', carry=['.device'], timeout_s=420)" in header
+    assert "run(command='bash launch/gpu_check.sh pack sweep', carry=['.device'], timeout_s=300)" in header
