@@ -80,7 +80,7 @@ def fail_together(name: str, record: Callable[[str], None], poll_s: float = 0.5)
     try:
         yield
     except Exception as exc:
-        done.set()
+        done.set()  # this rank's own watcher must not end it once its failure is published
         text = f"rank {rank} of {world} failed: {describe_failure(exc)}"
         try:
             if store.add(first, 1) == 1:  # the first failure is the cause; later ones are echoes

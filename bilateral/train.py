@@ -466,9 +466,8 @@ def _train(
     if lasts is not None:
         saved = [last["optimizer"] for last in lasts]
         optimizer.load_state_dict(fuse_optimizer_states(saved, net) if k > 1 else saved[0])
-        states = [
-            {**_fresh_state(), **{key: last[key] for key in STATE_KEYS if key in last}} for last in lasts
-        ]  # noqa: E501
+        fresh = _fresh_state()  # counters a checkpoint of an older version lacks start from zero
+        states = [{key: last.get(key, fresh[key]) for key in STATE_KEYS} for last in lasts]
         metrics = [[m for m in rs.read_metrics() if m["epoch"] <= states[0]["epoch"]] for rs in run_stores]
         log.info("%s: resuming after epoch %d", ", ".join(s.run_id for s in specs), states[0]["epoch"] + 1)
     start = states[0]["epoch"] + 1
@@ -564,8 +563,7 @@ def _train(
             if improved[j]:
                 state.update(best_score=rows[j]["val_score"], best_epoch=epoch)
                 # held until the next `last` is written, so that best.pt and last.pt always agree
-                pending_best[j] = {"model": {n: t.detach().cpu().clone() for n, t in model_states[j].items()},
-                                   "epoch": epoch}  # fmt: skip
+                pending_best[j] = {"model": _host_copy(model_states[j]), "epoch": epoch}
             state["epoch"] = epoch
             state["train_time_s"] += seconds
             state["images"] += images
@@ -614,6 +612,11 @@ def _train(
         }
         trained.append((model, stats))
     return trained
+
+
+def _host_copy(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A state dict that later training steps cannot change."""
+    return {name: t.detach().to("cpu", copy=True) for name, t in state.items()}
 
 
 def _per_member(outputs: dict[str, torch.Tensor], k: int) -> list[dict[str, torch.Tensor]]:

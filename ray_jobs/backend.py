@@ -58,10 +58,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _torch_threads(cpus: float) -> None:
+def _torch_threads(placement: Placement) -> None:
     import torch
 
-    torch.set_num_threads(max(1, min(int(cpus), os.cpu_count() or 1)))
+    torch.set_num_threads(min(placement.threads, os.cpu_count() or 1))
 
 
 def ray_offer(resources: dict) -> Offer:
@@ -104,7 +104,7 @@ def _run_trial(trial: dict, settings: dict) -> None:
     store = SweepStore(config["root"])
     if placement.workers == 1:
         hide_gpus_unless_given(placement)
-        _torch_threads(placement.cpus)
+        _torch_threads(placement)
         run_group(
             specs,
             store,
@@ -146,7 +146,7 @@ def _train_worker(config: dict) -> None:
 
     placement: Placement = config["placement"]
     hide_gpus_unless_given(placement)
-    _torch_threads(placement.cpus_per_worker)
+    _torch_threads(placement)
     spec = RunSpec.from_dict(config["spec"])
     device = str(ray.train.torch.get_device()) if placement.on_gpu else "cpu"
     run(
