@@ -13,13 +13,14 @@ import argparse
 import logging
 import math
 import os
+import time
 from pathlib import Path
 
 from bilateral.config import SweepConfig
 from bilateral.errors import ConfigError
 from bilateral.experiment import Plan, RunSpec, group_name
 from bilateral.placement import Offer, Placement, place
-from bilateral.store import SweepStore
+from bilateral.store import RunStore, SweepStore
 from bilateral.sweep import fusion_groups, run_sweep
 
 log = logging.getLogger(__name__)
@@ -221,16 +222,32 @@ class TuneExecutor:
                 verbose=1,
             ),
         )
+        started = time.time()
         results = tuner.fit()
         failed = {}
         for result in results:
-            error = f"{type(result.error).__name__}: {result.error}"
             for spec in groups[result.config["group"]]:
                 run_store = self.store.run(spec.run_id)
-                if result.error is not None or not run_store.is_finished():
-                    failed[spec.run_id] = error
-                    run_store.write_error(error)
+                if result.error is None and run_store.is_finished():
+                    continue
+                failed[spec.run_id] = _failure_text(run_store, result.error, since=started)
         return failed
+
+
+def _failure_text(run_store: RunStore, error: BaseException | None, since: float) -> str:
+    """The run's own error.txt when this stage wrote it (a rank's traceback says more than Ray's
+    summary of it); otherwise Ray's error, kept as the run's error.txt."""
+    error_file = run_store.path("error.txt")
+    if error_file.is_file() and error_file.stat().st_mtime >= since - 1:
+        own = error_file.read_text()
+        return own if error is None else f"{own}\n(Ray: {type(error).__name__})\n"
+    text = (
+        f"{type(error).__name__}: {error}"
+        if error is not None
+        else "the Ray trial ended without finishing this run and reported no error"
+    )
+    run_store.write_error(text)
+    return text
 
 
 def run(args: argparse.Namespace, cfg: SweepConfig, plan: Plan, store: SweepStore) -> dict[str, str]:

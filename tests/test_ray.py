@@ -268,3 +268,24 @@ def test_fused_groups_run_as_one_trial_each(tmp_path, ray_cluster):
     trials = {p.name for p in (tmp_path / "ray" / "t" / "ray").glob("stage*/*") if p.is_dir()}
     fused_trials = {t for t in trials if t.endswith("+1")}  # <first run id>+<other members>
     assert len(fused_trials) == 2, trials
+
+
+def test_a_ranks_own_error_is_kept_over_rays_summary(tmp_path):
+    """A failing rank writes its traceback to error.txt during the stage; Ray's one-line summary of
+    the trial must not replace it. An error.txt older than the stage (an earlier attempt) is."""
+    from bilateral.store import SweepStore
+    from ray_jobs.backend import _failure_text
+
+    store = SweepStore(tmp_path)
+    run = store.run("hemisphere-fine-s0-x")
+    run.root.mkdir(parents=True)
+    run.write_error("rank 1 of 2 failed: RuntimeError: injected")
+    since = time.time()
+    assert _failure_text(run, RuntimeError("Trial failed"), since=since - 5).startswith("rank 1 of 2 failed")
+    assert "rank 1 of 2 failed" in run.path("error.txt").read_text()
+    old = time.time() - 100
+    os.utime(run.path("error.txt"), (old, old))
+    assert _failure_text(run, RuntimeError("Trial failed"), since=since) == "RuntimeError: Trial failed"
+    assert run.path("error.txt").read_text() == "RuntimeError: Trial failed"
+    run.path("error.txt").unlink()
+    assert "reported no error" in _failure_text(run, None, since=since)
