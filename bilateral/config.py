@@ -12,10 +12,39 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from omegaconf import OmegaConf
+import yaml
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from bilateral.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Range:
+    """The values a numeric setting may take; checked when the configuration is loaded."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False  # low itself is excluded
+    high_open: bool = False
+
+    def __contains__(self, value: float) -> bool:
+        above = self.low is None or (value > self.low if self.low_open else value >= self.low)
+        below = self.high is None or (value < self.high if self.high_open else value <= self.high)
+        return above and below
+
+    def __str__(self) -> str:
+        if self.high is None:
+            return f"{'>' if self.low_open else '>='} {self.low:g}"
+        if self.low is None:
+            return f"{'<' if self.high_open else '<='} {self.high:g}"
+        left, right = "(" if self.low_open else "[", ")" if self.high_open else "]"
+        return f"in {left}{self.low:g}, {self.high:g}{right}"
+
+
+def bounded(default: Any, low: float | None = None, high: float | None = None, **open_ends: bool) -> Any:
+    """A dataclass field whose value must lie in Range(low, high, ...)."""
+    return field(default=default, metadata={"range": Range(low, high, **open_ends)})
 
 
 @dataclass
@@ -24,43 +53,43 @@ class DataConfig:
 
     source: str = "synthetic"  # see bilateral.data.load_dataset for the spellings
     verify_md5: bool = True  # False accepts a CIFAR-100 copy that is not the official one
-    val_size: int = 5000  # held out of train, stratified: chooses checkpoints and ensemble members
-    split_seed: int = 0  # the same validation split for every run of a sweep
-    train_subset: int | None = None  # stratified subset of the remaining train images (CPU-sized runs)
-    test_subset: int | None = None  # stratified subset of the test set (CPU-sized runs)
+    val_size: int = bounded(5000, 1)  # held out of train, stratified: chooses checkpoints and ensembles
+    split_seed: int = bounded(0, 0)  # the same validation split for every run of a sweep
+    train_subset: int | None = bounded(None, 1)  # stratified subset of the remaining train images (CPU-sized)
+    test_subset: int | None = bounded(None, 1)  # stratified subset of the test set (CPU-sized runs)
     loader: str = "memory"  # memory (on-device tensors) | ffcv (.beton files) | torch (DataLoader)
 
 
 @dataclass
 class ModelConfig:
-    width: float = 1.0  # channel multiplier on every backbone; 1.0 is the paper's size
-    dropout: float = 0.6  # before each head, as in the authors' code
-    bn_momentum: float = 0.1  # PyTorch convention; the authors' 0.9 weights the new batch at 0.9
+    width: float = bounded(1.0, 0, low_open=True)  # channel multiplier on every backbone; 1.0 is the paper's
+    dropout: float = bounded(0.6, 0, 1, high_open=True)  # before each head, as in the authors' code
+    bn_momentum: float = bounded(0.1, 0, 1)  # PyTorch convention; the authors' 0.9 weights the new batch 0.9
     frozen_bn_update: bool = False  # True: frozen hemispheres still update BN statistics (authors' code)
 
 
 @dataclass
 class OptimConfig:
     name: str = "adam"  # adam | sgd
-    lr: float = 1e-4
-    momentum: float = 0.9  # sgd only
+    lr: float = bounded(1e-4, 0, low_open=True)
+    momentum: float = bounded(0.9, 0, 1, high_open=True)  # sgd only
     nesterov: bool = True  # sgd only
-    weight_decay: float = 1e-5  # heads and baselines
-    hemisphere_weight_decay: float = 1e-3  # the specialised hemispheres
+    weight_decay: float = bounded(1e-5, 0)  # heads and baselines
+    hemisphere_weight_decay: float = bounded(1e-3, 0)  # the specialised hemispheres
     schedule: str = "constant"  # constant | onecycle (linear warm-up then linear decay to 0)
-    warmup_fraction: float = 0.2  # onecycle only
-    label_smoothing: float = 0.0
+    warmup_fraction: float = bounded(0.2, 0, 1, high_open=True)  # onecycle only
+    label_smoothing: float = bounded(0.0, 0, 1, high_open=True)
 
 
 @dataclass
 class TrainConfig:
-    epochs: int = 180
-    batch_size: int = 256
-    eval_batch_size: int = 1024
+    epochs: int = bounded(180, 1)
+    batch_size: int = bounded(256, 1)  # must not exceed the training split: see bilateral.train.check_batches
+    eval_batch_size: int = bounded(1024, 1)
     bf16: bool = False  # bf16 autocast for training on GPUs that have bf16 kernels; evaluation stays fp32
     channels_last: bool = False
     compile: bool = False
-    checkpoint_every: int = 1  # write `last` (and a pending `best`) every N epochs and after the last one
+    checkpoint_every: int = bounded(1, 1)  # write `last` (and a pending `best`) every N epochs and at the end
     sync_bn: bool = True  # DDP on GPU: BatchNorm statistics over the global batch (syncs the host per step)
 
 
@@ -72,7 +101,7 @@ class PlanConfig:
     right_backbone: str | None = None  # a different backbone for the right (coarse) hemisphere
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])
     models: list[str] = field(default_factory=lambda: ["all"])
-    pool_size: int = 10
+    pool_size: int = bounded(10, 1)
     ensemble_top: list[int] = field(default_factory=lambda: [2, 5])
 
 
@@ -155,7 +184,7 @@ def load_config(
         path = Path(config_file)
         if not path.is_file():
             raise ConfigError(f"config file {str(path)!r} does not exist: pass the path of a YAML file")
-        cfg = _merge(cfg, OmegaConf.load(path), str(path))
+        cfg = _merge(cfg, _read_yaml(path), str(path))
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not key=value (e.g. train.epochs=3)")
@@ -165,8 +194,42 @@ def load_config(
     return config
 
 
+def _read_yaml(path: Path) -> DictConfig:
+    try:
+        loaded = OmegaConf.load(path)
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(
+            f"config file {str(path)!r} is not valid YAML{at}: {problem}. Fix the file: it holds a mapping "
+            "of sections to keys, e.g. 'train:\\n  epochs: 3'"
+        ) from None
+    if not isinstance(loaded, DictConfig):
+        raise ConfigError(
+            f"config file {str(path)!r} holds a {type(loaded).__name__}, not a mapping of sections to keys: "
+            "write it as e.g. 'train:\\n  epochs: 3'"
+        )
+    return loaded
+
+
+def _check_ranges(node: Any, prefix: str = "") -> None:
+    for f in dataclasses.fields(node):
+        value = getattr(node, f.name)
+        if dataclasses.is_dataclass(value):
+            _check_ranges(value, f"{prefix}{f.name}.")
+        elif "range" in f.metadata and value is not None and value not in f.metadata["range"]:
+            key, allowed = prefix + f.name, f.metadata["range"]
+            default = "" if f.default is None else f" (the default is {f.default:g})"
+            raise ConfigError(
+                f"{key}={value!r} is out of range: it must be {allowed}. Fix: set {key} to a value "
+                f"{allowed}{default}"
+            )
+
+
 def validate(cfg: SweepConfig) -> None:
-    """Value checks OmegaConf's types cannot express."""
+    """Value checks OmegaConf's types cannot express: ranges (see `bounded`) and choices."""
+    _check_ranges(cfg)
     choices = {
         "optim.name": ("adam", "sgd"),
         "optim.schedule": ("constant", "onecycle"),
@@ -177,12 +240,6 @@ def validate(cfg: SweepConfig) -> None:
         value = getattr(getattr(cfg, section), name)
         if value not in allowed:
             raise ConfigError(f"{key}={value!r} is not supported: choose one of {', '.join(allowed)}")
-    if cfg.train.epochs < 1 or cfg.train.batch_size < 1:
-        raise ConfigError("train.epochs and train.batch_size must be at least 1")
-    if cfg.train.checkpoint_every < 1:
-        raise ConfigError(
-            f"train.checkpoint_every={cfg.train.checkpoint_every}: write checkpoints every N >= 1 epochs"
-        )
     from bilateral.placement import check_device
 
     check_device(cfg.device)

@@ -109,7 +109,9 @@ def _pm_column(df: pd.DataFrame, mean: str, std: str) -> list[str]:
     return [_pm(m, s) for m, s in zip(df[mean], df[std], strict=True)]
 
 
-def markdown(summary: pd.DataFrame, diffs: pd.DataFrame, sweep: str) -> str:
+def markdown(
+    summary: pd.DataFrame, diffs: pd.DataFrame, sweep: str, damaged: dict[str, str] | None = None
+) -> str:
     table = pd.DataFrame(
         {
             "model": summary["model"],
@@ -148,21 +150,25 @@ def markdown(summary: pd.DataFrame, diffs: pd.DataFrame, sweep: str) -> str:
             d.to_markdown(index=False),
             "",
         ]
+    if damaged:
+        text += ["## Left out: damaged records", "", *[f"- {run}: {why}" for run, why in damaged.items()], ""]
     return "\n".join(text)
 
 
-def write_report(sweep_root: str | Path, copy_summary_to: str | Path | None = None) -> pd.DataFrame:
-    """Write runs.csv, summary.csv and report.md into the sweep directory; return the summary."""
+def write_report(sweep_root: str | Path, copy_summary_to: str | Path | None = None) -> dict[str, str]:
+    """Write runs.csv, summary.csv and report.md into the sweep directory from every readable
+    record; return {run_id: what is wrong} of the runs left out because their record is damaged."""
     store = SweepStore(sweep_root)
-    records = list(store.records())
+    records, damaged = store.read_records()
     if not records:
-        raise FileNotFoundError(f"no finished runs under {store.root / 'runs'}: run the sweep first")
+        problem = f"; damaged: {' '.join(damaged.values())}" if damaged else ""
+        raise FileNotFoundError(f"no finished runs under {store.root / 'runs'}: run the sweep first{problem}")
     runs = runs_table(records)
     summary = summarize(runs)
     diffs = paired_differences(runs)
     write_atomic(store.root / "runs.csv", runs.to_csv(index=False).encode())
     write_atomic(store.root / "summary.csv", summary.to_csv(index=False).encode())
-    write_atomic(store.root / "report.md", markdown(summary, diffs, store.root.name).encode())
+    write_atomic(store.root / "report.md", markdown(summary, diffs, store.root.name, damaged).encode())
     if copy_summary_to is not None:
         write_atomic(Path(copy_summary_to), summary.to_csv(index=False).encode())
-    return summary
+    return damaged

@@ -10,29 +10,35 @@ import io
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from bilateral.errors import CheckpointError
+from bilateral.errors import CheckpointError, DamagedFileError, disk_full, is_disk_full
 from bilateral.experiment import RunSpec
 
 
 def write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    """Replace path with data, or leave it as it was: a full disk raises DiskFullError and keeps
+    the old file."""
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644)  # mkstemp makes 0600; results are meant to be read by others
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as exc:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        if is_disk_full(exc):
+            raise disk_full(path, len(data)) from None
         raise
 
 
@@ -57,7 +63,17 @@ class RunStore:
         return self.path("record.json").is_file()
 
     def read_record(self) -> dict:
-        return json.loads(self.path("record.json").read_text())
+        return _read_json(
+            self.path("record.json"),
+            f"delete it and rerun the sweep: the run resumes from its last checkpoint in {self.root}"
+            " and writes its record again",
+            dict,
+        )
+
+    def read_spec(self) -> dict:
+        return _read_json(
+            self.path("spec.json"), "rerun the sweep command: it writes every run's spec.json again", dict
+        )
 
     def write_record(self, record: dict) -> None:
         write_json(self.path("record.json"), record)
@@ -75,7 +91,16 @@ class RunStore:
 
     def read_metrics(self) -> list[dict]:
         path = self.path("metrics.jsonl")
-        return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+        if not path.is_file():
+            return []
+        try:
+            rows = [json.loads(line) for line in path.read_text().splitlines()]
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise DamagedFileError(
+                f"{path} is damaged ({type(exc).__name__}: {exc}). Fix: delete the run's folder {self.root} "
+                "to train this run again"
+            ) from None
+        return rows
 
     def save_checkpoint(self, name: str, state: dict) -> None:
         buffer = io.BytesIO()
@@ -92,8 +117,8 @@ class RunStore:
             return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
         except Exception as exc:
             raise CheckpointError(
-                f"checkpoint {path} cannot be read ({type(exc).__name__}: {exc}); "
-                f"delete {self.root} to retrain this run"
+                f"checkpoint {path} cannot be read ({type(exc).__name__}: {exc}). Fix: restore it, or "
+                f"delete the run's folder {self.root} to train this run again"
             ) from None
 
     def checkpoint_epoch(self, name: str) -> int:
@@ -107,8 +132,16 @@ class RunStore:
         write_atomic(self.path(name), buffer.getvalue())
 
     def load_arrays(self, name: str) -> dict[str, np.ndarray]:
-        with np.load(self.path(name)) as f:
-            return dict(f)
+        path = self.path(name)
+        try:
+            with np.load(path) as f:
+                return dict(f)
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+            raise DamagedFileError(
+                f"{path} is damaged ({type(exc).__name__}: {exc}). Fix: delete it and "
+                f"{self.path('record.json')}, then rerun the sweep: the run evaluates its best checkpoint "
+                "again and rewrites both"
+            ) from None
 
 
 class SweepStore:
@@ -125,7 +158,23 @@ class SweepStore:
         for spec in specs:
             self.run(spec.run_id).write_spec(spec)
 
-    def records(self) -> Iterator[dict]:
-        """Records of every finished run, in run-id order."""
+    def read_records(self) -> tuple[list[dict], dict[str, str]]:
+        """(records of every finished run in run-id order, {run_id: what is wrong} of those whose
+        record.json is damaged): one damaged record must not hide the others."""
+        records, damaged = [], {}
         for path in sorted((self.root / "runs").glob("*/record.json")):
-            yield json.loads(path.read_text())
+            try:
+                records.append(RunStore(path.parent).read_record())
+            except DamagedFileError as exc:
+                damaged[path.parent.name] = str(exc)
+        return records, damaged
+
+
+def _read_json(path: Path, fix: str, kind: type) -> Any:
+    try:
+        value = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise DamagedFileError(f"{path} is damaged ({type(exc).__name__}: {exc}). Fix: {fix}") from None
+    if not isinstance(value, kind):
+        raise DamagedFileError(f"{path} is damaged (it holds a {type(value).__name__}). Fix: {fix}")
+    return value

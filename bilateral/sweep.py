@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 from tqdm import tqdm
 
-from bilateral.errors import describe_failure
+from bilateral.errors import CheckpointError, DamagedFileError, DiskFullError, describe_failure
 from bilateral.experiment import Plan, RunSpec, group_name
 from bilateral.placement import Placement
 from bilateral.store import SweepStore
@@ -22,11 +22,14 @@ StageExecutor = Callable[[list[RunSpec]], dict[str, str]]
 
 def run_sweep(plan: Plan, store: SweepStore, execute: StageExecutor) -> dict[str, str]:
     """Run every unfinished run of the plan; returns {run_id: error} of runs that failed or were blocked."""
-    failed: dict[str, str] = {}
+    failed: dict[str, str] = damaged_records(plan, store)
     for number, stage in enumerate(plan.stages, 1):
         todo = [s for s in stage if not store.run(s.run_id).is_finished()]
         blocked = {
-            s.run_id: f"not run: depends on failed {d}" for s in todo for d in s.depends_on if d in failed
+            s.run_id: f"not run: depends on {d}, which failed or is damaged"
+            for s in todo
+            for d in s.depends_on
+            if d in failed
         }
         failed.update(blocked)
         todo = [s for s in todo if s.run_id not in blocked]
@@ -44,6 +47,21 @@ def run_sweep(plan: Plan, store: SweepStore, execute: StageExecutor) -> dict[str
     return failed
 
 
+def damaged_records(plan: Plan, store: SweepStore) -> dict[str, str]:
+    """{run_id: what is wrong} of the plan's runs whose record.json exists but cannot be read: they
+    are not retrained (the fix is the user's to choose), and the runs that depend on them wait."""
+    damaged = {}
+    for spec in plan.runs:
+        run = store.run(spec.run_id)
+        if run.is_finished():
+            try:
+                run.read_record()
+            except DamagedFileError as exc:
+                damaged[spec.run_id] = str(exc)
+                log.error("%s", exc)
+    return damaged
+
+
 def fusion_groups(specs: list[RunSpec], k: int, store: SweepStore) -> list[list[RunSpec]]:
     """The specs in groups of at most k that train as one fused network (bilateral.train.run_group):
     same RunSpec.fusion_key and the same last checkpoint epoch, so that a group resumes together.
@@ -53,7 +71,10 @@ def fusion_groups(specs: list[RunSpec], k: int, store: SweepStore) -> list[list[
         if k <= 1 or spec.fusion_key is None:
             buckets[(spec.run_id,)] = [spec]
         else:
-            key = (spec.fusion_key, store.run(spec.run_id).checkpoint_epoch("last"))
+            try:
+                key = (spec.fusion_key, store.run(spec.run_id).checkpoint_epoch("last"))
+            except CheckpointError:  # the run fails alone, with this error, when it loads the file
+                key = (spec.run_id,)
             buckets.setdefault(key, []).append(spec)
     return [members[i : i + k] for members in buckets.values() for i in range(0, len(members), max(k, 1))]
 
@@ -96,15 +117,21 @@ def run_logged(
     placement: Placement | None = None,
 ) -> dict[str, str]:
     """run_group with each finished run logged; a failure is returned as {run_id: error} (and, when
-    write_errors, kept in each member's error.txt) instead of raised, so that it loses no other run."""
+    write_errors, kept in each member's error.txt) instead of raised, so that it loses no other run.
+    A full disk is raised: no later run could write either."""
     try:
         records = run_group(group, store, device=device, data_dir=data_dir, placement=placement)
     except Exception as exc:
         error = describe_failure(exc)
-        if write_errors:
-            for spec in group:
-                store.run(spec.run_id).write_error(error)
         log.error("run %s failed:\n%s", group_name(group), error)
+        if write_errors:
+            try:
+                for spec in group:
+                    store.run(spec.run_id).write_error(error)
+            except DiskFullError as full:
+                log.error("could not keep the error in error.txt: %s", full)
+        if isinstance(exc, DiskFullError):
+            raise  # every later run would fail the same way: stop, with what is written kept
         return {spec.run_id: error for spec in group}
     for record in records:
         log.info(

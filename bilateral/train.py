@@ -137,6 +137,19 @@ def make_splits(data: HierarchicalDataset, spec: RunSpec) -> Splits:
     return Splits(train, val, test)
 
 
+def check_batches(splits: Splits, spec: RunSpec) -> None:
+    """Refuse, before training, a run whose training split holds no full batch: it would train on
+    one short batch an epoch, which is not the run its config describes."""
+    if spec.trains and len(splits.train) < spec.train.batch_size:
+        subset = f", data.train_subset={spec.data.train_subset}" if spec.data.train_subset else ""
+        raise ConfigError(
+            f"train.batch_size={spec.train.batch_size} is larger than the {len(splits.train)} training "
+            f"images of {spec.data.source} (after data.val_size={spec.data.val_size}{subset}), so no "
+            f"epoch holds a full batch. Fix: set train.batch_size to at most {len(splits.train)}, or "
+            "train on more images"
+        )
+
+
 EpochCallback = Callable[[dict], None]
 
 
@@ -235,6 +248,7 @@ def _run_unfinished(specs, store, device, data_dir, on_epoch, placement) -> list
     prepared = time.perf_counter()
     data = load_data(spec.data.source, data_dir, spec.data.verify_md5)
     splits = make_splits(data, spec)
+    check_batches(splits, spec)
     mean, std = data.mean_std()
     # ffcv: the split's .beton files, written by the first run that needs them
     betons = prepare_betons(data, split_parts(splits), data_dir) if spec.data.loader == "ffcv" else {}
@@ -489,8 +503,10 @@ def _train(
             train.set_epoch(epoch)
         tic = time.perf_counter()
         total_loss = torch.zeros(k, device=dev)
+        images = 0  # the images this epoch trained on, over all ranks
         for i, batches in enumerate(zip(*trains, strict=True)):
             xs, fines, coarses = (list(t) for t in zip(*batches, strict=True))
+            images += len(xs[0]) * (world if getattr(trains[0], "per_rank", False) else 1)
             if world > 1 and not getattr(trains[0], "per_rank", False):  # global batch: this rank's share
                 share = slice(rank * len(xs[0]) // world, (rank + 1) * len(xs[0]) // world)
                 xs, fines, coarses = (
@@ -520,7 +536,6 @@ def _train(
             dist.all_reduce(total_loss)
             total_loss /= world
         seconds = time.perf_counter() - tic
-        images = steps_per_epoch * trains[0].batch_size
         evaluated = time.perf_counter()
         val_results = evaluate_members(net, val, spec, dev, k)
         eval_seconds = time.perf_counter() - evaluated
@@ -608,6 +623,7 @@ def _train(
             "eval_time_s": state["eval_time_s"],
             "checkpoint_time_s": state["checkpoint_time_s"],
             "wall_s": state["wall_s"],
+            "train_images": state["images"],  # counted batch by batch: the images actually seen
             "train_images_per_s": state["images"] / max(state["train_time_s"], 1e-9),
         }
         trained.append((model, stats))

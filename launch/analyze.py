@@ -6,8 +6,9 @@
 
 Writes results/<sweep>/analysis/: report.md (start there), CSVs and figures/*.png. A part that cannot
 run on this sweep (e.g. no bilateral run finished) is listed in report.md and on stderr with what to
-train; the others still run. Exit status: 0 when every part ran, 1 when some could not, 2 when none
-could (or the directory is not a sweep).
+train; the others still run. A run whose record.json is damaged is left out and named with the fix.
+Exit status: 0 when every part ran on every run, 1 when some part could not or a record is damaged,
+2 when no part could (or the directory is not a sweep).
 """
 
 from __future__ import annotations
@@ -44,10 +45,12 @@ def main(argv: list[str]) -> int:
         return 2
     for part, error in result.errors.items():
         print(f"{part} could not run: {error}", file=sys.stderr)
+    for run_id, why in result.damaged.items():
+        print(f"{run_id} left out of the analysis: {why}", file=sys.stderr)
     print(f"wrote {result.report}")
     if not result.done:
         return 2
-    return 1 if result.errors else 0
+    return 1 if result.errors or result.damaged else 0
 
 
 if __name__ == "__main__":

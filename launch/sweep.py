@@ -21,6 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # ray_jobs/ and slurm/ sit beside launch/
 
 from bilateral.config import PRESETS, SweepConfig, load_config, parse_seeds, to_dict
+from bilateral.data.sources import check_dataset_spec
 from bilateral.errors import BilateralError, ConfigError
 from bilateral.experiment import Plan, build_plan, group_name
 from bilateral.extras import require
@@ -101,10 +102,13 @@ def resolve_config(args: argparse.Namespace) -> SweepConfig:
 def preflight(cfg: SweepConfig, plan: Plan) -> None:
     """Fail before any training on what would fail every run: the data, and every architecture."""
     from bilateral.assemble import build_model
-    from bilateral.train import load_data
+    from bilateral.train import check_batches, load_data, make_splits
 
     data = load_data(cfg.data.source, cfg.data_dir, cfg.data.verify_md5)
-    for spec in {(s.kind, s.backbone, s.right_backbone): s for s in plan.runs if s.trains}.values():
+    trained = [s for s in plan.runs if s.trains]
+    if trained:
+        check_batches(make_splits(data, trained[0]), trained[0])  # one data and train config per sweep
+    for spec in {(s.kind, s.backbone, s.right_backbone): s for s in trained}.values():
         build_model(spec, data.num_fine, data.num_coarse)
 
 
@@ -169,6 +173,7 @@ def main(argv: list[str]) -> int:
     plan = build_plan(cfg)
     store = SweepStore(Path(cfg.out) / cfg.name)
     if args.dry_run:
+        check_dataset_spec(cfg.data.source)
         print(f"sweep {cfg.name} -> {store.root}\n{plan.describe()}")
         if args.fuse > 1:
             for number, stage in enumerate(plan.stages):
@@ -181,11 +186,12 @@ def main(argv: list[str]) -> int:
     store.write_plan(to_dict(cfg), plan.runs)
     log.info("sweep %s: %d runs in %d stages -> %s", cfg.name, len(plan.runs), len(plan.stages), store.root)
     failed = BACKENDS[args.cluster]().run(args, cfg, plan, store)
-    finished = list(store.records())
+    finished, damaged = store.read_records()
+    failed.update({run_id: why for run_id, why in damaged.items() if run_id not in failed})
     if finished:
         write_report(store.root, copy_summary_to=Path(cfg.out) / "summary.csv")
         runs = runs_table(finished)
-        print(markdown(summarize(runs), paired_differences(runs), cfg.name))
+        print(markdown(summarize(runs), paired_differences(runs), cfg.name, damaged))
         print(f"wrote {store.root / 'summary.csv'} and {Path(cfg.out) / 'summary.csv'}")
         if args.analyze:
             from bilateral.analysis import analyze_sweep
@@ -193,7 +199,8 @@ def main(argv: list[str]) -> int:
             print(f"wrote {analyze_sweep(store.root, device=cfg.device, data_dir=cfg.data_dir)}")
     if failed:
         print(
-            f"{len(failed)} run(s) did not finish; rerun the same command to retry only those:",
+            f"{len(failed)} run(s) did not finish; fix what each says (most need nothing), then rerun "
+            "the same command to retry only those:",
             file=sys.stderr,
         )
         for run_id, error in failed.items():

@@ -8,11 +8,11 @@ import json
 import shutil
 from pathlib import Path
 
-from bilateral.errors import BilateralError
+from bilateral.errors import BilateralError, DamagedFileError
 from bilateral.store import SweepStore
 from slurm.backend import ACTIVE, QUEUED, Ledger, accounting_states, queue_states
 
-ORDER = ("finished", "running", "queued", "failed", "interrupted", "cancelled", "not started")
+ORDER = ("finished", "running", "queued", "failed", "damaged", "interrupted", "cancelled", "not started")
 
 
 def slurm_states(job_ids: list[str]) -> dict[str, str]:
@@ -60,10 +60,17 @@ def status(sweep_dir: str | Path) -> str:
         run = store.run(run_id)
         job = jobs.get(run_id)
         state = run_state(run, live.get(job))
+        try:
+            spec = run.read_spec() if run.path("spec.json").is_file() else {}
+            done = len(run.read_metrics())
+            if state == "finished":
+                run.read_record()
+        except DamagedFileError as exc:
+            state, spec, done = "damaged", {}, 0
+            failures.append(f"  {run_id}: {exc}")
         counts[state] += 1
-        spec = json.loads(run.path("spec.json").read_text()) if run.path("spec.json").is_file() else {}
         total = spec.get("train", {}).get("epochs") if spec.get("kind") != "ensemble" else None
-        epochs = f"{len(run.read_metrics())}/{total}" if total else "-"
+        epochs = f"{done}/{total}" if total else "-"
         slurm = f"{job} {live.get(job, '?')}" if job else ""
         rows.append((run_id, state, epochs, slurm))
         if state == "failed":
@@ -79,7 +86,7 @@ def status(sweep_dir: str | Path) -> str:
     ]
     out += [f"{r:<{width}}  {s:<12} {e:<7} {j}".rstrip() for r, s, e, j in rows]
     if failures:
-        out += ["", "failed (full traceback in runs/<run>/error.txt):", *failures]
+        out += ["", "failed or damaged (full traceback in runs/<run>/error.txt):", *failures]
     if counts["finished"] == len(run_ids):
         out += ["", f"all runs finished: python launch/aggregate.py {root}"]
     elif not (counts["running"] or counts["queued"]):

@@ -226,6 +226,19 @@ def test_missing_runs_give_clear_errors_and_other_parts_still_run(sweep, tmp_pat
     assert analyze_main([str(tmp_path / "nowhere"), "--device", "cpu"]) == 2
 
 
+def test_a_damaged_record_is_named_and_the_rest_analysed(sweep, tmp_path, capsys):
+    root, data_dir = sweep
+    copy = tmp_path / "damaged"
+    shutil.copytree(root / "runs", copy / "runs")
+    (victim,) = [p for p in (copy / "runs").glob("bilateral-unspecialised-*-s1-*/record.json")]
+    victim.write_text("{")
+    argv = [str(copy), "--device", "cpu", "--data-dir", data_dir, "--parts", "similarity"]
+    assert analyze_main(argv) == 1
+    err = capsys.readouterr().err
+    assert f"{victim.parent.name} left out of the analysis: {victim} is damaged" in err
+    assert f"{victim.parent.name} left out" in (copy / "analysis" / "report.md").read_text()
+
+
 def test_cli_and_sweep_hook(sweep, capsys, monkeypatch):
     root, data_dir = sweep
     assert analyze_main([str(root), "--device", "cpu", "--data-dir", data_dir, "--parts", "scenarios"]) == 0

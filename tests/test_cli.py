@@ -106,7 +106,7 @@ def test_mismatched_checkpoint_fails_that_run_only(tmp_path):
     error = store.run(victim).path("error.txt").read_text()
     assert "CheckpointError" in error and "different architecture" in error
     assert store.run(victim).has_checkpoint("last")  # nothing deleted
-    finished = [r["run_id"] for r in store.records()]
+    finished = [r["run_id"] for r in store.read_records()[0]]
     assert len(finished) == 1 and finished[0].startswith("unilateral-resnet9")
     assert pd.read_csv(tmp_path / "summary.csv").shape[0] == 1
 
@@ -187,7 +187,7 @@ def test_fused_sweep_then_unfused_rerun_trains_nothing(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     store = SweepStore(tmp_path / "t")
-    pool = [r for r in store.records() if r["kind"] == "unilateral"]
+    pool = [r for r in store.read_records()[0] if r["kind"] == "unilateral"]
     assert len(pool) == 2 and all(r["fused_with"] == sorted(p["run_id"] for p in pool) for r in pool)
     summary = pd.read_csv(tmp_path / "summary.csv").set_index("model")
     assert set(summary.index) == {"unilateral", "ensemble-top2"}

@@ -58,3 +58,36 @@ def test_parse_seeds(text, seeds):
 def test_malformed_seeds(text):
     with pytest.raises(ConfigError, match="seeds"):
         parse_seeds(text)
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("model.dropout=1.5", "model.dropout=1.5 is out of range: it must be in [0, 1)"),
+        ("optim.lr=-0.1", "optim.lr=-0.1 is out of range: it must be > 0"),
+        ("optim.momentum=1", "optim.momentum=1.0 is out of range: it must be in [0, 1)"),
+        ("model.width=0", "model.width=0.0 is out of range: it must be > 0"),
+        ("optim.weight_decay=-1e-4", "optim.weight_decay=-0.0001 is out of range: it must be >= 0"),
+        ("train.eval_batch_size=0", "train.eval_batch_size=0 is out of range: it must be >= 1"),
+        ("data.train_subset=0", "data.train_subset=0 is out of range: it must be >= 1"),
+        ("plan.pool_size=0", "plan.pool_size=0 is out of range: it must be >= 1"),
+    ],
+)
+def test_values_out_of_range_name_key_value_range_and_fix(override, message):
+    with pytest.raises(ConfigError) as error:
+        load_config("smoke", overrides=[override])
+    key = override.split("=")[0]
+    assert str(error.value).startswith(message) and f"Fix: set {key} to a value" in str(error.value)
+
+
+def test_values_at_the_edges_of_their_range_are_accepted():
+    edges = ["model.dropout=0", "optim.label_smoothing=0", "model.bn_momentum=1"]
+    cfg = load_config("smoke", overrides=edges)
+    assert (cfg.model.dropout, cfg.model.bn_momentum) == (0.0, 1.0)
+
+
+def test_malformed_yaml_is_a_config_error(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("train: {epochs: 3}\n\tbad: 1\n")
+    with pytest.raises(ConfigError, match=r"is not valid YAML at line 2, column 1"):
+        load_config("smoke", path)

@@ -42,6 +42,7 @@ class AnalysisResult:
     report: Path  # <sweep>/analysis/report.md
     done: list[str] = field(default_factory=list)  # parts that ran
     errors: dict[str, str] = field(default_factory=dict)  # part -> why it could not run
+    damaged: dict[str, str] = field(default_factory=dict)  # run -> what is wrong with its record
     seconds: dict[str, float] = field(default_factory=dict)
 
 
@@ -75,7 +76,7 @@ def run_analysis(
         "similarity": lambda: similarity.run(ctx, out),
         "attribution": lambda: attribution.run(ctx, out),
     }
-    result = AnalysisResult(out=out, report=out / "report.md")
+    result = AnalysisResult(out=out, report=out / "report.md", damaged=ctx.damaged)
     sections: list[Section] = []
     for part in parts:
         tic = time.perf_counter()

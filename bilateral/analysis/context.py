@@ -87,7 +87,9 @@ class SweepContext:
 
     # ----------------------------------------------------------------------------- which runs
     def _find_runs(self) -> None:
-        records = [r for r in self.store.records() if r["kind"] in KINDS and r.get("member", 0) == 0]
+        records, self.damaged = self.store.read_records()
+        records = [r for r in records if r["kind"] in KINDS and r.get("member", 0) == 0]
+        self.notes += [f"{run_id} left out: {why}" for run_id, why in self.damaged.items()]
         by_id = {r["run_id"]: r for r in records}
         for record in sorted(records, key=lambda r: r["run_id"]):
             seed, kind = record["seed"], record["kind"]

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from bilateral.data.hierarchy import HierarchicalDataset
-from bilateral.errors import ConfigError, DataError
+from bilateral.errors import ConfigError, DataError, disk_full, is_disk_full
 from bilateral.extras import require
 from bilateral.store import write_json
 
@@ -129,8 +129,10 @@ def _write_atomic(path: Path, samples: _Samples, workers: int) -> None:
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if is_disk_full(exc):
+            raise disk_full(path, samples.images.nbytes) from None
         raise
 
 

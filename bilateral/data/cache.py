@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from bilateral.errors import disk_full, is_disk_full
+
 Arrays = dict[str, np.ndarray]
 
 
@@ -31,9 +33,10 @@ def load_or_build(path: Path, keys: tuple[str, ...], build: Callable[[], Arrays]
     try:
         write_atomic(path, arrays)
     except OSError as exc:
+        problem = disk_full(path, sum(a.nbytes for a in arrays.values())) if is_disk_full(exc) else exc
         warnings.warn(
-            f"{path}: could not write the dataset cache ({exc}); the next load will decode the "
-            "images again. Fix: make the cache directory writable (data.cache_dir).",
+            f"{path}: could not write the dataset cache ({problem}); the next load will decode the "
+            "images again. Fix: make the cache directory (data_dir) writable, with room for it.",
             stacklevel=2,
         )
     return arrays

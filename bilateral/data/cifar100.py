@@ -27,7 +27,7 @@ OFFICIAL_MD5 = {
 
 def load_cifar100(path: Path, verify_md5: bool = True) -> HierarchicalDataset:
     """Read `path`, which is a cifar-100-python folder or a folder containing one."""
-    folder = _locate(path)
+    folder = locate_cifar100(path)
     if verify_md5:
         for name, official in OFFICIAL_MD5.items():
             _check_md5(folder / name, official)
@@ -63,7 +63,7 @@ def download_cifar100(cache_dir: Path, verify_md5: bool = True) -> HierarchicalD
     return load_cifar100(folder, verify_md5)
 
 
-def _locate(path: Path) -> Path:
+def locate_cifar100(path: Path) -> Path:
     folder = path / FOLDER if (path / FOLDER).is_dir() else path
     missing = [name for name in OFFICIAL_MD5 if not (folder / name).is_file()]
     if missing:

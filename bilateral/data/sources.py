@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bilateral.data.cifar10 import COARSE_MAPS, load_cifar10
-from bilateral.data.cifar100 import download_cifar100, load_cifar100
+from bilateral.data.cifar10 import ARCHIVE, COARSE_MAPS, load_cifar10
+from bilateral.data.cifar100 import download_cifar100, load_cifar100, locate_cifar100
 from bilateral.data.folders import read_coarse_map, read_image_tree, resolve_source
 from bilateral.data.hierarchy import HierarchicalDataset
 from bilateral.data.synthetic import make_synthetic
@@ -28,24 +28,50 @@ def load_dataset(spec: str, cache_dir: str | Path = "data", verify_md5: bool = T
 
     Decoded image datasets are cached under cache_dir/cache; CIFAR-100 downloads to cache_dir.
     """
-    name, _, argument = spec.partition(":")
+    name, paths = _parse(spec)
     cache_dir = Path(cache_dir)
-    if name == "synthetic" and not argument:
+    if name == "synthetic":
         dataset = make_synthetic()
-    elif name in COARSE_MAPS and argument:
-        dataset = load_cifar10(name, Path(argument), cache_dir)
-    elif name == "cifar100" and argument:
-        dataset = load_cifar100(Path(argument), verify_md5)
+    elif name in COARSE_MAPS:
+        dataset = load_cifar10(name, paths[0], cache_dir)
+    elif name == "cifar100" and paths:
+        dataset = load_cifar100(paths[0], verify_md5)
     elif name == "cifar100":
         dataset = download_cifar100(cache_dir, verify_md5)
-    elif name == "folder" and ":" in argument:
-        root, coarse_map = argument.rsplit(":", 1)
-        tree = read_image_tree(resolve_source(Path(root)), cache_dir)
-        dataset = tree.to_dataset(f"folder:{Path(root).name}", read_coarse_map(Path(coarse_map)))
-    else:
-        raise ConfigError(_bad_spec(spec, name))
+    else:  # folder
+        root, coarse_map = paths
+        tree = read_image_tree(resolve_source(root), cache_dir)
+        dataset = tree.to_dataset(f"folder:{root.name}", read_coarse_map(coarse_map))
     dataset.validate()
     return dataset
+
+
+def check_dataset_spec(spec: str) -> None:
+    """What --dry-run can say of a spec without decoding any image: its form is known and what it
+    names exists in a form the loader reads (DataError or ConfigError otherwise)."""
+    name, paths = _parse(spec)
+    if name in COARSE_MAPS:
+        resolve_source(paths[0], ARCHIVE)
+    elif name == "cifar100" and paths:
+        locate_cifar100(paths[0])
+    elif name == "folder":
+        resolve_source(paths[0])
+        read_coarse_map(paths[1])
+
+
+def _parse(spec: str) -> tuple[str, list[Path]]:
+    """(name, the paths it names) of a well-formed spec; ConfigError for any other."""
+    name, _, argument = spec.partition(":")
+    if name == "synthetic" and not argument:
+        return name, []
+    if name in COARSE_MAPS and argument:
+        return name, [Path(argument)]
+    if name == "cifar100":
+        return name, [Path(argument)] if argument else []
+    if name == "folder" and ":" in argument:
+        root, coarse_map = argument.rsplit(":", 1)
+        return name, [Path(root), Path(coarse_map)]
+    raise ConfigError(_bad_spec(spec, name))
 
 
 def _bad_spec(spec: str, name: str) -> str:
