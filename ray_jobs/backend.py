@@ -22,6 +22,7 @@ from bilateral.experiment import Plan, RunSpec, group_name
 from bilateral.placement import Offer, Placement, place
 from bilateral.store import RunStore, SweepStore
 from bilateral.sweep import fusion_groups, run_sweep
+from ray_jobs.auth import connect_error
 
 log = logging.getLogger(__name__)
 DRIVER_CPU = 0.01  # a Tune trial that only drives a TorchTrainer (Tune refuses an empty request)
@@ -252,6 +253,7 @@ def _failure_text(run_store: RunStore, error: BaseException | None, since: float
 
 def run(args: argparse.Namespace, cfg: SweepConfig, plan: Plan, store: SweepStore) -> dict[str, str]:
     import ray
+    from ray.exceptions import AuthenticationError
 
     if args.fuse > 1 and args.workers_per_run > 1:
         raise ConfigError(
@@ -259,18 +261,20 @@ def run(args: argparse.Namespace, cfg: SweepConfig, plan: Plan, store: SweepStor
             "trains in one process; use one of them"
         )
 
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # Ray >= 2.60 token auth; local clusters only
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # token auth: Ray's default or the user's (auth.py)
     started_here = not ray.is_initialized()
     if started_here:
         # Workers import this repository: a submitted job ships it as its working_dir; a driver
         # started by hand points workers at this checkout (the same path on every node).
         in_job = "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ
         repo = Path(__file__).resolve().parents[1]
-        runtime_env = None if in_job else {"env_vars": {"PYTHONPATH": str(repo), "RAY_AUTH_MODE": "disabled"}}
+        runtime_env = None if in_job else {"env_vars": {"PYTHONPATH": str(repo)}}
         if args.address:
-            ray.init(address=args.address, runtime_env=runtime_env)
-        else:
+            try:
+                ray.init(address=args.address, runtime_env=runtime_env)
+            except (ConnectionError, AuthenticationError) as exc:
+                raise connect_error(args.address, exc) from None
+        else:  # a new local cluster: Ray >= 2.60 turns token auth on (~/.ray/auth_token) unless told not to
             ray.init(num_cpus=args.num_cpus, runtime_env=runtime_env)
     try:
         resources = ray.cluster_resources()

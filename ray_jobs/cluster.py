@@ -1,5 +1,9 @@
 """Start and stop a single-node Ray cluster on loopback, for tests and local trials.
 
+Token auth is OFF for this cluster (ENV; start() says so on stderr) unless start() is given a token
+file: it is the project's own test cluster on one machine. Any cluster that other people can reach
+keeps Ray's token auth on (ray_jobs/auth.py, README "Ray").
+
     python ray_jobs/cluster.py start --num-cpus 4 --state /tmp/bilateral-ray.json
     python ray_jobs/cluster.py stop --state /tmp/bilateral-ray.json
 
@@ -22,7 +26,7 @@ import uuid
 from pathlib import Path
 
 RAY_CLI = Path(sys.executable).with_name("ray")  # the ray command of this environment, not PATH's
-ENV = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+ENV = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}  # this test cluster only: see above
 # The ports every Ray node opens (a head adds --port, --ray-client-server-port and --dashboard-port). Every
 # one is picked free: a default one (the job agent's 52365) may still be held by another Ray on this
 # machine, and the node then comes up without an agent to take jobs.
@@ -43,13 +47,24 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start(num_cpus: int, state: Path, timeout_s: float = 120.0) -> dict:
+def start(num_cpus: int, state: Path, timeout_s: float = 120.0, token: Path | None = None) -> dict:
     """Start a head node and wait until it takes jobs; returns {address, dashboard, temp_dir} and writes
-    it to `state`."""
+    it to `state`. With a token file (ray_jobs/auth.py write_token), the cluster requires it."""
     temp_dir = f"/tmp/bilateral-ray-{uuid.uuid4().hex[:8]}"
     port, dashboard = free_port(), free_port()
     ports = {flag: free_port() for flag in PORT_FLAGS}
     env = {**os.environ, **ENV, "PATH": f"{RAY_CLI.parent}:{os.environ.get('PATH', '')}"}
+    if token is not None:
+        from ray_jobs.auth import use_token  # not from the command line, which runs this as a script
+
+        use_token(token, env)
+    else:
+        print(
+            "ray_jobs/cluster.py: starting a single-node Ray test cluster with token auth OFF "
+            "(RAY_AUTH_MODE=disabled): every user of this machine can run code on it. For a cluster "
+            "others can reach, keep token auth on (README, Ray).",
+            file=sys.stderr,
+        )
     cmd = [
         str(RAY_CLI),
         "start",
@@ -72,8 +87,9 @@ def start(num_cpus: int, state: Path, timeout_s: float = 120.0) -> dict:
         "temp_dir": temp_dir,
     }
     agent = f"http://127.0.0.1:{ports['--dashboard-agent-listen-port']}/api/healthz"
+    headers = {"Authorization": f"Bearer {token.read_text().strip()}"} if token is not None else {}
     try:
-        _wait_for_http([f"{info['dashboard']}/api/version", agent], timeout_s)
+        _wait_for_http([f"{info['dashboard']}/api/version", agent], timeout_s, headers)
     except BaseException:
         stop_processes(temp_dir)
         raise
@@ -81,7 +97,7 @@ def start(num_cpus: int, state: Path, timeout_s: float = 120.0) -> dict:
     return info
 
 
-def _wait_for_http(urls: list[str], timeout_s: float) -> None:
+def _wait_for_http(urls: list[str], timeout_s: float, headers: dict[str, str]) -> None:
     """`ray start` returns before the dashboard's job agent listens: until it does, `ray job submit`
     fails ("No available agent to submit job"). Wait until each URL answers 200."""
     no_proxy = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -89,7 +105,7 @@ def _wait_for_http(urls: list[str], timeout_s: float) -> None:
     for url in urls:
         while True:
             try:
-                with no_proxy.open(url, timeout=5):
+                with no_proxy.open(urllib.request.Request(url, headers=headers), timeout=5):
                     break
             except OSError as exc:  # refused, timed out, or an HTTP error (503 until its raylet is up)
                 if time.time() > deadline:

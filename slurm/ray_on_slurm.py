@@ -7,6 +7,10 @@ ray_jobs.backend.run(...) against it and returns its {run_id: error}; every othe
 `ray start --address <head> --block` and waits until task 0 writes ray-done. Each `ray start
 --block` is stopped with SIGTERM, which stops exactly the Ray processes it started.
 
+Token auth is on: task 0 writes a fresh token per job attempt to <sweep>/slurm/<job>/ray-token
+(mode 0600, before ray-head.json), and every node, the driver and the workers use it; another user of
+the allocation's nodes who reaches the Ray ports is refused. The token is deleted when the job ends.
+
 The job is Checkpointable like the job arrays: on USR2 (time limit or preemption) the whole
 allocation is requeued, Ray starts again, and unfinished runs resume from their last checkpoint.
 """
@@ -30,7 +34,8 @@ import submitit
 from bilateral.config import SweepConfig
 from bilateral.experiment import Plan
 from bilateral.store import SweepStore, write_json
-from ray_jobs.cluster import ENV, PORT_FLAGS, RAY_CLI, free_port, stop_processes
+from ray_jobs.auth import use_token, write_token
+from ray_jobs.cluster import PORT_FLAGS, RAY_CLI, free_port, stop_processes
 
 log = logging.getLogger(__name__)
 
@@ -56,10 +61,11 @@ class RayAllocation(submitit.helpers.Checkpointable):
         )
         env = submitit.JobEnvironment()
         folder = Path(root) / "slurm" / env.job_id
-        head_file, done_file = folder / "ray-head.json", folder / "ray-done"
+        head_file, done_file, token = folder / "ray-head.json", folder / "ray-done", folder / "ray-token"
         if env.global_rank == 0:
             head_file.unlink(missing_ok=True)  # from an earlier attempt of a requeued job
             done_file.unlink(missing_ok=True)
+            write_token(token)  # before ray-head.json: a node that sees the head finds its token
         ip = node_ip(env.hostname)
         temp_dir = f"/tmp/bilateral-ray-{env.job_id}-{env.global_rank}"  # short: Ray's socket paths
         cmd = [
@@ -85,11 +91,14 @@ class RayAllocation(submitit.helpers.Checkpointable):
         else:
             address = self._wait_for(head_file)["address"]
             cmd += [f"--address={address}"]
-        ray_env = {**os.environ, **ENV, "PATH": f"{RAY_CLI.parent}:{os.environ['PATH']}"}
+        path = f"{RAY_CLI.parent}:{os.environ['PATH']}"
+        ray_env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PATH": path}
+        use_token(token, ray_env)
         log.info("task %d on %s: %s", env.global_rank, env.hostname, " ".join(cmd))
         ray = subprocess.Popen(cmd, env=ray_env, stdout=sys.stdout, stderr=sys.stderr)
         try:
             if env.global_rank == 0:
+                use_token(token, os.environ)  # this driver, and through it the Ray backend
                 return self._drive(args, cfg, plan, root, address, head_file, done_file, ray, env.num_tasks)
             while not done_file.exists():  # a worker node serves until the sweep is over
                 if ray.poll() is not None:
@@ -99,11 +108,13 @@ class RayAllocation(submitit.helpers.Checkpointable):
         finally:
             _stop(ray)
             stop_processes(temp_dir)  # the agents outlive `ray start --block`
+            if env.global_rank == 0:
+                token.unlink(missing_ok=True)
 
     def _drive(self, args, cfg, plan, root, address, head_file, done_file, ray, nodes: int) -> dict[str, str]:
         import ray as ray_lib
 
-        os.environ.update(ENV)
+        os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
         deadline = time.time() + self.timeout_s
         while True:  # the head answers once GCS is up
             if ray.poll() is not None:

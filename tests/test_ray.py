@@ -289,3 +289,29 @@ def test_a_ranks_own_error_is_kept_over_rays_summary(tmp_path):
     assert run.path("error.txt").read_text() == "RuntimeError: Trial failed"
     run.path("error.txt").unlink()
     assert "reported no error" in _failure_text(run, None, since=since)
+
+
+def test_a_cluster_with_token_auth_refuses_a_sweep_without_its_token(tmp_path):
+    """--address to a cluster that requires a token: without it, one clear error before anything
+    trains (Ray itself says only 'Failed to connect'); with RAY_AUTH_TOKEN_PATH, the sweep runs."""
+    from ray_jobs.auth import write_token
+
+    token = write_token(tmp_path / "token")
+    state = tmp_path / "cluster.json"
+    info = cluster.start(num_cpus=2, state=state, token=token)
+    try:
+        base = {k: v for k, v in ENV.items() if not k.startswith("RAY_AUTH")}
+        (tmp_path / "home").mkdir()
+        run = ["--cluster", "ray", "--address", info["address"], "--models", "hemisphere-fine"]
+        cmd = sweep_cmd(tmp_path / "out", *run, "--seeds", "0", "train.epochs=1")
+        without = {**base, "HOME": str(tmp_path / "home"), "RAY_AUTH_MODE": "disabled"}
+        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=without, timeout=300)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+        assert f"error: could not join the Ray cluster at {info['address']}" in proc.stderr
+        assert "RAY_AUTH_MODE is disabled" in proc.stderr and "RAY_AUTH_TOKEN_PATH=" in proc.stderr
+        with_token = {**base, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
+        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=with_token, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert len(list((tmp_path / "out" / "t" / "runs").glob("hemisphere-fine-*/record.json"))) == 1
+    finally:
+        cluster.stop(state)

@@ -382,8 +382,9 @@ def test_task_refuses_a_spec_whose_id_changed_since_submission(tmp_path, tiny_pl
 
 
 def test_ray_engine_inside_a_slurm_allocation(slurm_cluster, tmp_path):
-    """--engine ray: one Slurm job starts a Ray head and a Ray worker in its allocation, runs the Ray
-    backend there, and leaves no Ray process behind. This machine is one Slurm node, so two tasks on it
+    """--engine ray: one Slurm job starts a Ray head and a Ray worker in its allocation with token auth
+    (a client without the job's token is refused), runs the Ray backend there, and leaves no Ray
+    process behind. This machine is one Slurm node, so two tasks on it
     stand in for two nodes (`--sbatch ntasks-per-node=2`; on a real cluster: --nodes 2)."""
     args = [
         "--cluster",
@@ -398,9 +399,14 @@ def test_ray_engine_inside_a_slurm_allocation(slurm_cluster, tmp_path):
         "1",
     ]
     args += ["--sbatch", "ntasks-per-node=2", "--cpus-per-run", "1", "--models", "bilateral-specialised"]
-    proc = sweep(tmp_path, *args)
-    assert proc.returncode == 0, proc.stderr
+    running = sweep(tmp_path, *args, wait=False)
     root = tmp_path / "t"
+    head = _wait_for_file(root / "slurm", "ray-head.json", running)
+    _check_token_auth(head, tmp_path / "no-token-home")
+    stdout, stderr = running.communicate(timeout=400)
+    proc = subprocess.CompletedProcess(running.args, running.returncode, stdout, stderr)
+    assert proc.returncode == 0, proc.stderr
+    assert not (head.parent / "ray-token").exists()  # gone with the job
     jobs = ledger(root)
     assert len(jobs) == 3 and len(set(jobs.values())) == 1  # the whole sweep in one allocation
     job = next(iter(jobs.values()))
@@ -414,6 +420,37 @@ def test_ray_engine_inside_a_slurm_allocation(slurm_cluster, tmp_path):
         if p.name.isdigit() and f"/tmp/bilateral-ray-{job}-".encode() in _cmdline(p)
     ]
     assert not leftovers, leftovers
+
+
+def _wait_for_file(folder: Path, name: str, proc: subprocess.Popen, timeout_s: float = 300) -> Path:
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        found = list(folder.glob(f"*/{name}"))
+        if found:
+            return found[0]
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        time.sleep(0.5)
+    raise AssertionError(f"no {name} under {folder} after {timeout_s:.0f}s")
+
+
+def _check_token_auth(head: Path, empty_home: Path) -> None:
+    """The allocation's Ray cluster takes a client holding the job's token (0600) and refuses one
+    without it: Ray's gRPC says InvalidAuthToken."""
+    import stat
+
+    address, token = json.loads(head.read_text())["address"], head.parent / "ray-token"
+    assert stat.S_IMODE(token.stat().st_mode) == 0o600
+    client = f"import ray; ray.init(address={address!r}); print('joined', ray.cluster_resources()['CPU'])"
+    base = {k: v for k, v in ENV.items() if not k.startswith("RAY_AUTH")}
+    empty_home.mkdir()
+    with_token = {**base, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
+    joined = subprocess.run([sys.executable, "-c", client], env=with_token, capture_output=True, text=True)
+    assert joined.returncode == 0 and "joined 2.0" in joined.stdout, joined.stderr[-2000:]
+    without = {**base, "HOME": str(empty_home), "RAY_AUTH_MODE": "disabled"}  # no ~/.ray/auth_token either
+    refused = subprocess.run(
+        [sys.executable, "-c", client], env=without, capture_output=True, text=True, timeout=120
+    )
+    assert refused.returncode != 0 and "InvalidAuthToken" in refused.stderr, refused.stderr[-2000:]
 
 
 def _cmdline(proc: Path) -> bytes:
