@@ -120,6 +120,19 @@ def test_unfused_state_loads_strictly():
         m.load_state_dict(state, strict=True)
 
 
+def test_members_fused_with_different_batch_counts_keep_their_own():
+    """A fused BatchNorm has one num_batches_tracked; members whose checkpoints come from different
+    epochs (say, two seeds' best hemispheres) must get their own count back, plus the steps trained."""
+    models = [nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)) for _ in range(2)]
+    models[0][1].num_batches_tracked.fill_(30)
+    models[1][1].num_batches_tracked.fill_(15)
+    fused = fuse(models)
+    fused.train()
+    fused(torch.randn(2, 6, 8, 8))  # one training step of both members
+    counts = [int(state["1.num_batches_tracked"]) for state in unfuse(fused, models[0], 2)]
+    assert counts == [31, 16]
+
+
 def test_different_architectures_refused():
     a = UnilateralNet(build_backbone("resnet9", width=0.125), 20, 4)
     b = UnilateralNet(build_backbone("resnet9", width=0.25), 20, 4)

@@ -64,6 +64,8 @@ def _fuse_leaf(modules: Sequence[nn.Module]) -> nn.Module:
             for name in ("weight", "bias", "running_mean", "running_var"):
                 getattr(fused, name).copy_(torch.cat([getattr(m, name) for m in modules]))
             fused.num_batches_tracked.copy_(first.num_batches_tracked)
+        # one counter for K members that step together; each member's own is it plus an offset
+        fused.member_offsets = [int(m.num_batches_tracked - first.num_batches_tracked) for m in modules]
         return fused
     if isinstance(first, nn.Linear):
         return GroupedLinear(modules)
@@ -137,7 +139,11 @@ def unfuse(fused: nn.Module, template: nn.Module, k: int) -> list[dict[str, Tens
     fused_state = fused.state_dict()
     states: list[dict[str, Tensor]] = [{} for _ in range(k)]
     for key, value in template.state_dict().items():
-        for state, part in zip(states, _split(fused_state[key], value, k), strict=True):
+        parts = _split(fused_state[key], value, k)
+        if key.endswith("num_batches_tracked"):  # members fused with different counts keep them
+            offsets = fused.get_submodule(key.rpartition(".")[0]).member_offsets
+            parts = [part + offset for part, offset in zip(parts, offsets, strict=True)]
+        for state, part in zip(states, parts, strict=True):
             state[key] = part
     return states
 
