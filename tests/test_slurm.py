@@ -440,12 +440,12 @@ def _check_token_auth(head: Path, empty_home: Path) -> None:
 
     address, token = json.loads(head.read_text())["address"], head.parent / "ray-token"
     assert stat.S_IMODE(token.stat().st_mode) == 0o600
-    client = f"import ray; ray.init(address={address!r}); print('joined', ray.cluster_resources()['CPU'])"
+    client = f"import ray; ray.init(address={address!r}); print('joined', ray.cluster_resources())"
     base = {k: v for k, v in ENV.items() if not k.startswith("RAY_AUTH")}
     empty_home.mkdir()
     with_token = {**base, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
     joined = subprocess.run([sys.executable, "-c", client], env=with_token, capture_output=True, text=True)
-    assert joined.returncode == 0 and "joined 2.0" in joined.stdout, joined.stderr[-2000:]
+    assert joined.returncode == 0 and "joined" in joined.stdout, joined.stderr[-2000:]
     without = {**base, "HOME": str(empty_home), "RAY_AUTH_MODE": "disabled"}  # no ~/.ray/auth_token either
     refused = subprocess.run(
         [sys.executable, "-c", client], env=without, capture_output=True, text=True, timeout=120
