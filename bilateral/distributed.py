@@ -3,8 +3,11 @@
 A rank that raises publishes its error in the process group's store and records it (the first
 failure only); every other rank watches that store from a thread and, once it sees the failure,
 ends its process within a second, because it is waiting in a collective that can never complete
-(NCCL or gloo would otherwise hold it until their timeout, ten minutes or more). On Slurm and Ray
-a DDP run is a job or worker group of its own, so ending the processes ends exactly that run.
+(NCCL or gloo would otherwise hold it until their timeout, ten minutes or more). A rank that dies
+without raising (SIGKILL, the out-of-memory killer, a lost node) cannot publish anything, so the
+watchers also beat a counter in the store: a peer whose counter stands still for PEER_SILENCE_S
+seconds is taken for dead, recorded, and the others end. On Slurm and Ray a DDP run is a job or
+worker group of its own, so ending the processes ends exactly that run.
 
 Resuming, only rank 0 reads checkpoints and broadcasts them: a rank that sees an older file on
 shared storage cannot start from another epoch than the others.
@@ -17,6 +20,7 @@ import logging
 import os
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -26,6 +30,8 @@ from bilateral.errors import BilateralError, describe_failure
 
 log = logging.getLogger(__name__)
 PEER_FAILED_EXIT = 75  # exit status of a rank ended because another rank failed
+PEER_SILENCE_S = 30.0  # a peer's heartbeat still for this long: the peer is dead
+BEAT_S = 2.0  # heartbeat period: world - 1 store reads per rank each time, so not every poll
 
 
 class RankFailed(BilateralError):
@@ -60,17 +66,41 @@ def fail_together(name: str, record: Callable[[str], None], poll_s: float = 0.5)
         return
     store = dist.distributed_c10d._get_default_store()
     key, first = f"bilateral/{name}/failed", f"bilateral/{name}/failures"
+    beat, finished = f"bilateral/{name}/beat/", f"bilateral/{name}/finished/"
     done = threading.Event()
+    peers = [r for r in range(world) if r != rank]
+    heard = {r: (-1, time.monotonic()) for r in peers}  # peer -> (last counter seen, when it moved)
+
+    def silent_peer() -> str:
+        """The first peer whose heartbeat stood still for PEER_SILENCE_S and that did not finish."""
+        now = time.monotonic()
+        for peer in peers:
+            count = store.add(f"{beat}{peer}", 0)
+            if count != heard[peer][0]:
+                heard[peer] = (count, now)
+            elif now - heard[peer][1] > PEER_SILENCE_S and not store.check([f"{finished}{peer}"]):
+                return (
+                    f"rank {peer} of {world} stopped: no heartbeat for {PEER_SILENCE_S:.0f} s "
+                    "(killed, out of memory, or its node was lost; its own log may say more)"
+                )
+        return ""
 
     def watch() -> None:
+        next_beat = 0.0
         while not done.wait(poll_s):
             try:
                 failed = store.check([key])
-            except Exception:  # the store lives on rank 0's host: gone with it
-                failed, text = True, "the process group's store is gone (rank 0 ended)"
-            else:
                 text = store.get(key).decode() if failed else ""
-            if failed and not done.is_set():
+                if not failed and time.monotonic() >= next_beat:
+                    next_beat = time.monotonic() + BEAT_S
+                    store.add(f"{beat}{rank}", 1)
+                    text = silent_peer()
+                if text and not failed and store.add(first, 1) == 1:
+                    record(text)  # the dead peer could not keep its own error
+                    store.set(key, text)
+            except Exception:  # the store lives on rank 0's host: gone with it
+                text = "the process group's store is gone (rank 0 ended)"
+            if text and not done.is_set():
                 print(f"rank {rank}/{world}: ending, another rank failed: {text}", file=sys.stderr)
                 sys.stderr.flush()
                 os._exit(PEER_FAILED_EXIT)
@@ -79,6 +109,7 @@ def fail_together(name: str, record: Callable[[str], None], poll_s: float = 0.5)
     watcher.start()
     try:
         yield
+        store.set(f"{finished}{rank}", "1")  # its heartbeat stops now: not a failure
     except Exception as exc:
         done.set()  # this rank's own watcher must not end it once its failure is published
         text = f"rank {rank} of {world} failed: {describe_failure(exc)}"

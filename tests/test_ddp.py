@@ -7,6 +7,7 @@ import json
 import multiprocessing
 import os
 import shutil
+import signal
 import socket
 import time
 
@@ -15,6 +16,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from bilateral import distributed
 from bilateral.distributed import PEER_FAILED_EXIT
 from bilateral.experiment import build_plan
 from bilateral.store import RunStore, SweepStore
@@ -48,6 +50,8 @@ def worker(rank: int, port: int, root: str, scenario: str, out: str) -> None:
         return y
 
     F.dropout = recording
+    if scenario in ("sigkill", "frozen"):  # a short silence: the test need not wait the default 30 s
+        distributed.PEER_SILENCE_S = 8.0
     if scenario == "killed" and rank == 0:  # keep the epoch-0 last.pt: the stale file of the resume
         save = RunStore.save_checkpoint
 
@@ -67,6 +71,10 @@ def worker(rank: int, port: int, root: str, scenario: str, out: str) -> None:
         masks.append(f"end of epoch {row['epoch']}")
         if scenario == "fail" and rank == 1:
             raise RuntimeError("injected failure on rank 1")
+        if scenario == "sigkill" and rank == 1:  # dies without a word, as under the OOM killer
+            os.kill(os.getpid(), signal.SIGKILL)
+        if scenario == "frozen" and rank == 1:  # hangs with its sockets open, as on a hung node
+            os.kill(os.getpid(), signal.SIGSTOP)
         if scenario == "killed" and row["epoch"] == 2:  # both ranks die before epoch 2's checkpoint
             os._exit(9)
 
@@ -76,8 +84,9 @@ def worker(rank: int, port: int, root: str, scenario: str, out: str) -> None:
     dist.destroy_process_group()
 
 
-def launch(tmp_path, root, scenario: str, timeout: float = 120) -> list[int]:
-    """Both ranks; their exit codes. The timeout is far below gloo's (30 min): a hang fails here."""
+def launch(tmp_path, root, scenario: str, timeout: float = 120, hung: tuple[int, ...] = ()) -> list[int]:
+    """Both ranks; their exit codes. The timeout is far below gloo's (30 min): a hang fails here,
+    except of the ranks in `hung`, which are expected to hang and are killed once the others end."""
     ctx = multiprocessing.get_context("spawn")
     port = free_port()
     outs = [str(tmp_path / f"{scenario}-{r}.json") for r in range(2)]
@@ -85,12 +94,15 @@ def launch(tmp_path, root, scenario: str, timeout: float = 120) -> list[int]:
     for p in procs:
         p.start()
     deadline = time.time() + timeout
+    for rank, p in enumerate(procs):
+        if rank not in hung:
+            p.join(max(1, deadline - time.time()))
+    alive = [rank for rank, p in enumerate(procs) if p.is_alive()]
     for p in procs:
-        p.join(max(1, deadline - time.time()))
-    alive = [p for p in procs if p.is_alive()]
-    for p in alive:
-        p.kill()
-    assert not alive, f"{scenario}: ranks still running after {timeout} s"
+        if p.is_alive():
+            p.kill()
+            p.join()
+    assert set(alive) == set(hung), f"{scenario}: ranks {alive} still running after {timeout} s"
     return [p.exitcode for p in procs]
 
 
@@ -113,6 +125,29 @@ def test_a_failure_on_rank_1_ends_both_ranks_and_is_recorded(tmp_path):
     error = (tmp_path / "sweep" / "runs" / spec().run_id / "error.txt").read_text()
     assert "rank 1 of 2 failed" in error and "injected failure on rank 1" in error
     assert not (tmp_path / "sweep" / "runs" / spec().run_id / "record.json").exists()
+
+
+def test_a_killed_rank_1_ends_rank_0_and_is_recorded(tmp_path):
+    """SIGKILL leaves rank 1 no chance to publish an error. gloo sees its sockets close and rank 0
+    fails at its next collective; NCCL may not, so rank 0 also watches rank 1's heartbeat."""
+    tic = time.time()
+    codes = launch(tmp_path, tmp_path / "sweep", "sigkill")
+    assert codes[1] == -signal.SIGKILL and codes[0] in (1, PEER_FAILED_EXIT), codes
+    assert time.time() - tic < 90
+    error = (tmp_path / "sweep" / "runs" / spec().run_id / "error.txt").read_text()
+    assert error.startswith(("rank 1 of 2 stopped: no heartbeat", "rank 0 of 2 failed: ")), error
+    assert "stopped: no heartbeat" in error or "by peer" in error, error  # closed or reset
+
+
+def test_a_hung_rank_1_ends_rank_0_after_its_heartbeat_stops(tmp_path):
+    """A rank frozen with its sockets open (SIGSTOP: a hung node or filesystem) fails no collective:
+    only its silence tells. Rank 0 ends PEER_SILENCE_S (8 s here) after its last heartbeat."""
+    tic = time.time()
+    codes = launch(tmp_path, tmp_path / "sweep", "frozen", hung=(1,))
+    assert codes == [PEER_FAILED_EXIT, -signal.SIGKILL], codes
+    assert time.time() - tic < 90
+    error = (tmp_path / "sweep" / "runs" / spec().run_id / "error.txt").read_text()
+    assert error.startswith("rank 1 of 2 stopped: no heartbeat for 8 s"), error
 
 
 @pytest.fixture(scope="module")
