@@ -102,6 +102,7 @@ class PlanConfig:
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])
     models: list[str] = field(default_factory=lambda: ["all"])
     pool_size: int = bounded(10, 1)
+    kind_modules: list[str] = field(default_factory=list)  # modules declaring more kinds (bilateral.kinds)
     ensemble_top: list[int] = field(default_factory=lambda: [2, 5])
 
 

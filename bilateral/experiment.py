@@ -1,14 +1,8 @@
-"""The paper as a plan: which runs a sweep trains, what each run depends on, in which stage it runs.
+"""The plan: which runs a sweep trains, what each run depends on, in which stage it runs.
 
-Per seed:                                                    stage
-  hemisphere-fine        left hemisphere, fine labels only       0
-  hemisphere-coarse      right hemisphere, coarse labels only    0
-  bilateral-unspecialised  both hemispheres + heads, end to end  0
-  unilateral             one backbone, fine + coarse heads       0   (also member 0 of the pool)
-  unilateral-resnet18/34 CIFAR ResNets with both heads           0
-  pool member 1..P-1     more unilateral runs, other inits        0
-  bilateral-specialised  frozen hemispheres, heads trained        1   <- hemisphere-fine, hemisphere-coarse
-  ensemble-topK          mean logits of the K best pool members   1   <- the pool (chosen on validation)
+The rows (`--models` names) and how each becomes runs come from the model kinds
+(bilateral/kinds: the paper's plan is listed there); a run's stage is one after the latest of its
+dependencies, so a backend can run each stage's runs in parallel.
 """
 
 from __future__ import annotations
@@ -20,16 +14,7 @@ from dataclasses import dataclass, field
 
 from bilateral.config import DataConfig, ModelConfig, OptimConfig, SweepConfig, TrainConfig
 from bilateral.errors import ConfigError
-
-KINDS = (
-    "hemisphere-fine",
-    "hemisphere-coarse",
-    "bilateral-specialised",
-    "bilateral-unspecialised",
-    "unilateral",
-    "ensemble",
-)
-RESNET_BASELINES = ("resnet18", "resnet34")
+from bilateral.kinds import Kind, all_kinds, kind_of, load_kind_modules
 
 
 @dataclass(frozen=True)
@@ -47,11 +32,16 @@ class RunSpec:
     member: int = 0  # ensemble pool member; member 0 is the unilateral baseline itself
     top_k: int = 0  # ensembles only
     depends_on: tuple[str, ...] = ()
+    plugin: str = ""  # the module declaring the kind, when it is not under bilateral/kinds
+
+    @property
+    def kind_spec(self) -> Kind:
+        return kind_of(self.kind, self.plugin)
 
     @property
     def model_name(self) -> str:
         """The row this run belongs to in summary.csv."""
-        return f"ensemble-top{self.top_k}" if self.kind == "ensemble" else self.kind
+        return self.kind_spec.row_name(self)
 
     @property
     def backbone_name(self) -> str:
@@ -63,6 +53,8 @@ class RunSpec:
         """Hash of what changes results: how often checkpoints are written does not."""
         identity = self.to_dict()
         identity["train"].pop("checkpoint_every")
+        if not identity["plugin"]:  # the ids of built-in kinds' runs predate plug-ins
+            identity.pop("plugin")
         digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:8]
         member = f"-m{self.member}" if self.member else ""
         return f"{self.model_name}-{self.backbone_name}-s{self.seed}{member}-{digest}"
@@ -75,13 +67,13 @@ class RunSpec:
 
     @property
     def trains(self) -> bool:
-        return self.kind != "ensemble"
+        return self.kind_spec.trains
 
     @property
     def fusion_key(self) -> str | None:
         """Runs with equal keys differ only in seed and pool member: same architecture, data and
         hyperparameters, so they can train as one fused network (--fuse). None: never fused."""
-        if not self.trains:
+        if not self.trains or not self.kind_spec.fusable:
             return None
         fields = {k: v for k, v in self.to_dict().items() if k not in ("seed", "member", "depends_on")}
         return json.dumps(fields, sort_keys=True)
@@ -124,16 +116,29 @@ class Plan:
 
 
 def model_names(cfg: SweepConfig) -> list[str]:
-    """The names --models accepts, in plan order."""
-    return [
-        "hemisphere-fine",
-        "hemisphere-coarse",
-        "bilateral-specialised",
-        "bilateral-unspecialised",
-        "unilateral",
-        *(f"unilateral-{b}" for b in RESNET_BASELINES),
-        *(f"ensemble-top{k}" for k in cfg.plan.ensemble_top),
-    ]
+    """The names --models accepts (the rows of the table), in plan order."""
+    load_kind_modules(cfg.plan.kind_modules)
+    return [row for kind in all_kinds() for row in kind.rows(cfg)]
+
+
+class PlanBuilder:
+    """What a kind's add_runs builds runs with: the sweep's settings, and every run added so far."""
+
+    def __init__(self, cfg: SweepConfig):
+        self.common = dict(data=cfg.data, model=cfg.model, optim=cfg.optim, train=cfg.train)
+        self.left, self.right = cfg.plan.backbone, cfg.plan.right_backbone or cfg.plan.backbone
+        self.pool_size = cfg.plan.pool_size
+        self.runs: dict[str, RunSpec] = {}
+        self._row_kind = {row: kind for kind in all_kinds() for row in kind.rows(cfg)}
+
+    def add(self, kind: str, backbone: str, seed: int, **fields) -> RunSpec:
+        """The run of these settings (added once however many rows need it)."""
+        spec = RunSpec(kind, backbone, seed, plugin=kind_of(kind).module, **self.common, **fields)
+        return self.runs.setdefault(spec.run_id, spec)
+
+    def row(self, row: str, seed: int) -> RunSpec:
+        """The run of a row for a seed, added with what it depends on: how a kind asks for another."""
+        return self._row_kind[row].add_runs(row, seed, self)
 
 
 def build_plan(cfg: SweepConfig) -> Plan:
@@ -142,45 +147,23 @@ def build_plan(cfg: SweepConfig) -> Plan:
     unknown = [m for m in wanted if m not in known]
     if unknown:
         raise ConfigError(f"unknown model kind(s) {', '.join(unknown)}: choose from all, {', '.join(known)}")
-
-    common = dict(data=cfg.data, model=cfg.model, optim=cfg.optim, train=cfg.train)
-    left, right = cfg.plan.backbone, cfg.plan.right_backbone or cfg.plan.backbone
-    runs: dict[str, RunSpec] = {}
-
-    def add(spec: RunSpec) -> RunSpec:
-        runs.setdefault(spec.run_id, spec)
-        return spec
-
+    plan = PlanBuilder(cfg)
     for seed in cfg.plan.seeds:
-
-        def unilateral(backbone: str, member: int = 0, seed: int = seed) -> RunSpec:
-            return add(RunSpec("unilateral", backbone, seed, member=member, **common))
-
-        def hemispheres(seed: int = seed) -> tuple[RunSpec, RunSpec]:
-            return (
-                add(RunSpec("hemisphere-fine", left, seed, **common)),
-                add(RunSpec("hemisphere-coarse", right, seed, **common)),
-            )
-
-        for name in wanted:
-            if name in ("hemisphere-fine", "hemisphere-coarse"):
-                hemispheres()
-            elif name == "bilateral-specialised":
-                deps = tuple(s.run_id for s in hemispheres())
-                add(RunSpec(name, left, seed, right_backbone=right, depends_on=deps, **common))
-            elif name == "bilateral-unspecialised":
-                add(RunSpec(name, left, seed, right_backbone=right, **common))
-            elif name == "unilateral":
-                unilateral(left)
-            elif name.startswith("unilateral-"):
-                unilateral(name.removeprefix("unilateral-"))
-            else:  # ensemble-topK
-                pool = tuple(unilateral(left, m).run_id for m in range(cfg.plan.pool_size))
-                k = int(name.removeprefix("ensemble-top"))
-                add(RunSpec("ensemble", left, seed, top_k=k, depends_on=pool, **common))
-
+        for row in wanted:
+            plan.row(row, seed)
+    order = [kind.name for kind in all_kinds()]
     ordered = sorted(
-        runs.values(), key=lambda s: (KINDS.index(s.kind), s.backbone, s.seed, s.member, s.top_k)
+        plan.runs.values(), key=lambda s: (order.index(s.kind), s.backbone, s.seed, s.member, s.top_k)
     )
-    stages = [[s for s in ordered if not s.depends_on], [s for s in ordered if s.depends_on]]
-    return Plan(stages=[stage for stage in stages if stage])
+    depth: dict[str, int] = {}
+
+    def stage_of(spec: RunSpec) -> int:
+        """One stage after the latest of its dependencies."""
+        if spec.run_id not in depth:
+            depth[spec.run_id] = max((stage_of(plan.runs[d]) + 1 for d in spec.depends_on), default=0)
+        return depth[spec.run_id]
+
+    stages: dict[int, list[RunSpec]] = {}
+    for spec in ordered:
+        stages.setdefault(stage_of(spec), []).append(spec)
+    return Plan(stages=[stages[n] for n in sorted(stages)])

@@ -16,9 +16,10 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from bilateral.kinds import all_kinds
 from bilateral.store import SweepStore, write_atomic
 
-REFERENCE = "bilateral-specialised"
+REFERENCE = next(kind.name for kind in all_kinds() if kind.reference)  # the paper's model
 RUN_COLUMNS = [
     "run_id",
     "model",
@@ -74,7 +75,7 @@ def summarize(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def paired_differences(runs: pd.DataFrame) -> pd.DataFrame:
-    """Each baseline minus bilateral-specialised on the same seeds, with a paired t-test over seeds."""
+    """Each baseline minus the reference row on the same seeds, with a paired t-test over seeds."""
     runs = runs[runs["member"] == 0]
     reference = runs[runs["model"] == REFERENCE]
     if reference.empty:

@@ -336,8 +336,7 @@ def _finish(spec, run_store: RunStore, model, stats: dict, data, splits: Splits,
 
 
 def _param_groups(spec: RunSpec, model: nn.Module) -> list[dict]:
-    hemisphere = spec.kind in ("hemisphere-fine", "hemisphere-coarse")
-    decay = spec.optim.hemisphere_weight_decay if hemisphere else spec.optim.weight_decay
+    decay = spec.kind_spec.weight_decay(spec.optim)
     return [{"params": [p for p in model.parameters() if p.requires_grad], "weight_decay": decay}]
 
 
@@ -376,22 +375,6 @@ def _autocast(precision: str, dev: torch.device):
     return contextlib.nullcontext()
 
 
-def _attach_hemispheres(spec: RunSpec, store: SweepStore, model: nn.Module) -> None:
-    """Load the best checkpoints of this seed's two hemisphere runs into the bilateral net and freeze them."""
-    for dep_id in spec.depends_on:
-        dep = store.run(dep_id)
-        if not dep.is_finished():
-            raise CheckpointError(
-                f"{spec.run_id} needs hemisphere run {dep_id}, which has not finished: rerun the sweep "
-                "so that it trains first"
-            )
-        state = dep.load_checkpoint("best")["model"]
-        side = model.left if dep.read_record()["kind"] == "hemisphere-fine" else model.right
-        backbone = {k.removeprefix("backbone."): v for k, v in state.items() if k.startswith("backbone.")}
-        load_state_strict(side, backbone, source=str(dep.path("checkpoints/best.pt")))
-    model.freeze_hemispheres(update_bn_stats=spec.model.frozen_bn_update)
-
-
 STATE_KEYS = (
     "epoch",
     "best_score",
@@ -423,8 +406,7 @@ def _build_members(specs: list[RunSpec], store: SweepStore, data) -> list[nn.Mod
     for spec in specs:
         torch.manual_seed(spec.init_seed)
         model = build_model(spec, data.num_fine, data.num_coarse)
-        if spec.kind == "bilateral-specialised":
-            _attach_hemispheres(spec, store, model)
+        spec.kind_spec.prepare(spec, store, model)  # e.g. frozen hemispheres from their runs
         members.append(model)
     return members
 

@@ -3,7 +3,7 @@
     python launch/sweep.py                                       # smoke preset, synthetic data, CPU ok
     python launch/sweep.py --data cifar10-hier:../shared/data/cifar10-jpg     # real CIFAR-10 images
     python launch/sweep.py --preset paper --data cifar100:/datasets --device cuda
-    python launch/sweep.py --models bilateral-unspecialised --seeds 0         # one run, in process (debug)
+    python launch/sweep.py --models unilateral --seeds 0         # one run, in process (debug)
     python launch/sweep.py --dry-run                             # print stages, runs, dependencies
     python launch/sweep.py --preset fast --data cifar100 --fuse 10            # 10 small runs per GPU pass
     python launch/sweep.py train.epochs=2 optim.lr=1e-3          # key=value overrides of any config key

@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 
 from bilateral.errors import BilateralError, DamagedFileError
+from bilateral.kinds import kind_of
 from bilateral.store import SweepStore
 from slurm.backend import ACTIVE, QUEUED, Ledger, accounting_states, queue_states
 
@@ -69,7 +70,8 @@ def status(sweep_dir: str | Path) -> str:
             state, spec, done = "damaged", {}, 0
             failures.append(f"  {run_id}: {exc}")
         counts[state] += 1
-        total = spec.get("train", {}).get("epochs") if spec.get("kind") != "ensemble" else None
+        trains = "kind" in spec and kind_of(spec["kind"], spec.get("plugin", "")).trains
+        total = spec.get("train", {}).get("epochs") if trains else None
         epochs = f"{done}/{total}" if total else "-"
         slurm = f"{job} {live.get(job, '?')}" if job else ""
         rows.append((run_id, state, epochs, slurm))

@@ -213,7 +213,8 @@ def test_requeue_resumes_from_checkpoint(slurm_cluster, tmp_path):
     preemption: submitit checkpoints and requeues) and the other `scontrol requeue`; both resume
     from their last epoch checkpoint and the sweep completes."""
     epochs = 16
-    driver = sweep(tmp_path, *ON_SLURM, "--models", "hemisphere-fine", f"train.epochs={epochs}", wait=False)
+    models = ["--models", "hemisphere-fine,hemisphere-coarse"]
+    driver = sweep(tmp_path, *ON_SLURM, *models, f"train.epochs={epochs}", wait=False)
     root = tmp_path / "t"
     deadline = time.time() + 180
     while time.time() < deadline:
@@ -248,10 +249,10 @@ def test_requeue_resumes_from_checkpoint(slurm_cluster, tmp_path):
 
 
 def test_failing_run_is_reported_and_rerun_trains_only_it(slurm_cluster, tmp_path):
-    fine, coarse = plan_ids("--models", "hemisphere-fine")
+    fine, coarse = plan_ids("--models", "hemisphere-fine,hemisphere-coarse")
     root = tmp_path / "t"
     (root / "runs" / coarse / "metrics.jsonl").mkdir(parents=True)  # the run cannot write its log
-    proc = sweep(tmp_path, *ON_SLURM, "--models", "hemisphere-fine")
+    proc = sweep(tmp_path, *ON_SLURM, "--models", "hemisphere-fine,hemisphere-coarse")
     assert proc.returncode == 1, proc.stderr
     assert f"run {coarse} failed" in proc.stderr and "Traceback" in proc.stderr
     assert "IsADirectoryError" in proc.stderr and "rerun the same command" in proc.stderr
@@ -263,7 +264,7 @@ def test_failing_run_is_reported_and_rerun_trains_only_it(slurm_cluster, tmp_pat
     finished = (root / "runs" / fine / "record.json").stat().st_mtime_ns
 
     (root / "runs" / coarse / "metrics.jsonl").rmdir()  # the fix
-    proc = sweep(tmp_path, *ON_SLURM, "--models", "hemisphere-fine")
+    proc = sweep(tmp_path, *ON_SLURM, "--models", "hemisphere-fine,hemisphere-coarse")
     assert proc.returncode == 0, proc.stderr
     assert "submitted 1 run(s)" in proc.stderr
     second = ledger(root)

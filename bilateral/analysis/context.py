@@ -20,26 +20,22 @@ from bilateral.assemble import build_model
 from bilateral.data import DeviceLoader, HierarchicalDataset, LoaderOptions, normalize
 from bilateral.errors import BilateralError
 from bilateral.experiment import RunSpec
+from bilateral.kinds import kind_of, with_role
 from bilateral.models import load_state_strict
 from bilateral.store import RunStore, SweepStore
 from bilateral.train import load_data, resolve_device
 
 log = logging.getLogger(__name__)
 
-LEFT = "hemisphere-fine"
-RIGHT = "hemisphere-coarse"
-SPECIALISED = "bilateral-specialised"
-UNSPECIALISED = "bilateral-unspecialised"
+# The kinds the analysis reads, by their role (bilateral/kinds): the hemispheres alone, and the
+# bilateral nets built from them (specialised) or trained end to end (unspecialised).
+LEFT, RIGHT = with_role("left")[0].name, with_role("right")[0].name
+SPECIALISED = next(k.name for k in with_role("bilateral") if k.from_hemispheres)
+UNSPECIALISED = next(k.name for k in with_role("bilateral") if not k.from_hemispheres)
 BILATERAL = (SPECIALISED, UNSPECIALISED)
 KINDS = (LEFT, RIGHT, *BILATERAL)
-
 # How to obtain each kind: the sweep flag that trains it (its dependencies come with it).
-HOW_TO_GET = {
-    LEFT: "--models hemisphere-fine",
-    RIGHT: "--models hemisphere-coarse",
-    SPECIALISED: "--models bilateral-specialised (trains both hemispheres first)",
-    UNSPECIALISED: "--models bilateral-unspecialised",
-}
+HOW_TO_GET = {name: kind_of(name).how_to_get for name in KINDS}
 
 
 class AnalysisError(BilateralError):

@@ -13,14 +13,16 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib import colors as mcolors  # noqa: E402
 
+from bilateral.kinds import all_kinds  # noqa: E402
+
 LEFT_COLOUR, RIGHT_COLOUR = "tab:blue", "tab:orange"
-KIND_COLOURS = {"bilateral-specialised": "tab:green", "bilateral-unspecialised": "tab:purple"}
+KIND_COLOURS = {kind.name: kind.colour for kind in all_kinds() if kind.colour}
 REP_COLOURS = {
     "left": LEFT_COLOUR,
     "right": RIGHT_COLOUR,
     "concat": "tab:gray",
     "bilateral": "tab:green",
-    "bilateral-specialised": "tab:olive",
+    **{kind.name: "tab:olive" for kind in all_kinds() if kind.from_hemispheres},
 }
 DPI = 110
 

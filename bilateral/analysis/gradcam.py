@@ -245,8 +245,8 @@ def run(ctx: SweepContext, out: Path, max_images: int | None = 1000, grid_images
     section.add(
         f"Target layers (those of each backbone's residual blocks / stages with output > 1x1 at 32x32): "
         f"{layer_note}. Maps are computed with `pytorch_grad_cam.GradCAM`; the layers of one hemisphere "
-        "are averaged as pytorch-grad-cam does. 'hemisphere alone' = the hemisphere-fine (left) or "
-        "hemisphere-coarse (right) run with its own head and predicted class; the bilateral rows use "
+        f"are averaged as pytorch-grad-cam does. 'hemisphere alone' = the {LEFT} (left) or "
+        f"{RIGHT} (right) run with its own head and predicted class; the bilateral rows use "
         "the bilateral net's heads (target: predicted class of the fine head, of the coarse head, or "
         "the sum of both predicted-class logits) and show each hemisphere's layers apart.",
         "",

@@ -111,8 +111,8 @@ def run(ctx: SweepContext, out: Path) -> Section:
         ctx.require("scenarios", LEFT, RIGHT, SPECIALISED)  # raises, naming what to train
     section = Section("1. Correctness scenarios")
     section.add(
-        "Each test image is right (+) or wrong (-) for the **L**eft hemisphere (hemisphere-fine run, fine "
-        "label), the **R**ight hemisphere (hemisphere-coarse run, coarse label), and the bilateral "
+        f"Each test image is right (+) or wrong (-) for the **L**eft hemisphere ({LEFT} run, fine "
+        f"label), the **R**ight hemisphere ({RIGHT} run, coarse label), and the bilateral "
         "network's fine (**Bf**) and coarse (**Bc**) heads: 16 scenarios. Counts per seed on the runs' "
         "own test subset; mean ± std over seeds (sample std).",
         "",

@@ -1,9 +1,9 @@
 """Cosine similarity of pairs of test images with the same fine label, in four representations:
 
-  left       the hemisphere-fine run's penultimate features
-  right      the hemisphere-coarse run's penultimate features
+  left       the left hemisphere run's penultimate features
+  right      the right hemisphere run's penultimate features
   concat     the plain concatenation [left, right] of those independently trained hemispheres
-  bilateral  the bilateral-unspecialised network's concatenated features (trained end to end)
+  bilateral  the unspecialised bilateral network's concatenated features (trained end to end)
 
 A specialised bilateral net reads its frozen hemispheres, so its features *are* `concat` (checked
 numerically; they differ only with model.frozen_bn_update=true, and are then added as a fifth
@@ -96,12 +96,10 @@ def seed_features(ctx: SweepContext, seed: int) -> tuple[dict[str, np.ndarray], 
         scale = float(np.abs(reps["concat"]).max()) or 1.0
         same = diff <= 1e-4 * scale
         ctx.checks.append(
-            Check(
-                f"seed {seed}: max |bilateral-specialised features - concat| (relative)", diff / scale, True
-            )
+            Check(f"seed {seed}: max |{SPECIALISED} features - concat| (relative)", diff / scale, True)
         )
         if not same:
-            reps["bilateral-specialised"] = spec
+            reps[SPECIALISED] = spec
     if UNSPECIALISED in runs:
         reps["bilateral"], source = ctx.features(runs[UNSPECIALISED])["all"], runs[UNSPECIALISED].run_id
     elif SPECIALISED in runs:
@@ -165,10 +163,10 @@ def run(ctx: SweepContext, out: Path, plot_points: int = 3000) -> Section:
     agg.to_csv(out / "similarity_summary_mean.csv", index=False)
     section.add(
         "Cosine similarity of every pair of test images with the same fine label. Representations: "
-        "**left** = hemisphere-fine features, **right** = hemisphere-coarse features, **concat** = "
+        f"**left** = {LEFT} features, **right** = {RIGHT} features, **concat** = "
         "their plain concatenation (independently trained hemispheres), **bilateral** = "
         + ", ".join(f"seed {s}: `{src}`" for s, src in sources.items() if src)
-        + ". The bilateral-unspecialised net is used when there is one because a specialised net's "
+        + f". The {UNSPECIALISED} net is used when there is one because a specialised net's "
         "features are exactly `concat` (its hemispheres are the frozen hemisphere runs; see the checks "
         "below). Pairs are grouped by scenario when both images are in it.",
         "",

@@ -89,7 +89,7 @@ def _fuse_into(target: nn.Module, modules: Sequence[nn.Module]) -> None:
 def fuse(models: Sequence[nn.Module]) -> nn.Module:
     """One network computing the K models: input (B, K*3, H, W), every output (B, K*classes).
 
-    Frozen parameters stay frozen (bilateral-specialised: only the heads train) and module
+    Frozen parameters stay frozen (a specialised bilateral net: only the heads train) and module
     attributes such as a frozen hemisphere's eval mode carry over from the first model.
     """
     if len({tuple((k, v.shape) for k, v in m.state_dict().items()) for m in models}) != 1:

@@ -1,0 +1,64 @@
+"""Bilateral nets: two hemispheres side by side, fine and coarse heads on their concatenated
+features. Specialised: the hemispheres are this seed's hemisphere runs, frozen; only the heads
+train (the paper's model). Unspecialised: everything trained end to end."""
+
+from __future__ import annotations
+
+from bilateral.errors import CheckpointError
+from bilateral.kinds.hemispheres import LEFT, RIGHT
+from bilateral.kinds.registry import Kind, kind_of, register
+from bilateral.models import BilateralNet, build_backbone, load_state_strict
+
+
+class Bilateral(Kind):
+    role = "bilateral"
+
+    def build(self, spec, num_fine, num_coarse):
+        cfg = spec.model
+
+        def backbone(name: str):
+            return build_backbone(name, width=cfg.width, bn_momentum=cfg.bn_momentum)
+
+        right = backbone(spec.right_backbone or spec.backbone)
+        return BilateralNet(backbone(spec.backbone), right, num_fine, num_coarse, cfg.dropout)
+
+
+class Specialised(Bilateral):
+    name = "bilateral-specialised"
+    trains_backbones, reference, from_hemispheres = False, True, True
+    colour = "tab:green"
+    how_to_get = "--models bilateral-specialised (trains both hemispheres first)"
+
+    def add_runs(self, row, seed, plan):
+        deps = (plan.row(LEFT.name, seed).run_id, plan.row(RIGHT.name, seed).run_id)
+        return plan.add(self.name, plan.left, seed, right_backbone=plan.right, depends_on=deps)
+
+    def prepare(self, spec, store, model):
+        """Load the best checkpoints of this seed's two hemisphere runs and freeze them."""
+        for dep_id in spec.depends_on:
+            dep = store.run(dep_id)
+            if not dep.is_finished():
+                raise CheckpointError(
+                    f"{spec.run_id} needs hemisphere run {dep_id}, which has not finished: rerun the "
+                    "sweep so that it trains first"
+                )
+            state = dep.load_checkpoint("best")["model"]
+            record = dep.read_record()
+            role = kind_of(record["kind"], record["spec"].get("plugin", "")).role
+            side = model.left if role == "left" else model.right
+            backbone = {k.removeprefix("backbone."): v for k, v in state.items() if k.startswith("backbone.")}
+            load_state_strict(side, backbone, source=str(dep.path("checkpoints/best.pt")))
+        model.freeze_hemispheres(update_bn_stats=spec.model.frozen_bn_update)
+
+
+class Unspecialised(Bilateral):
+    name = "bilateral-unspecialised"
+    colour = "tab:purple"
+    how_to_get = "--models bilateral-unspecialised"
+
+    def add_runs(self, row, seed, plan):
+        return plan.add(self.name, plan.left, seed, right_backbone=plan.right)
+
+
+SPECIALISED = register(Specialised())
+UNSPECIALISED = register(Unspecialised())

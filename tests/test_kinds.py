@@ -1,0 +1,54 @@
+"""Model kinds as plug-ins: the paper's plan is unchanged by them, and a kind declared in a module
+outside bilateral/ runs through the front door with a dependency to a summary row."""
+
+import json
+import subprocess
+
+import pandas as pd
+import torch
+
+from bilateral.assemble import build_model
+from bilateral.config import load_config
+from bilateral.experiment import RunSpec, build_plan, model_names
+from bilateral.kinds import all_kinds
+from bilateral.store import SweepStore
+from tests.conftest import REPO, sweep_cmd
+
+
+def test_the_paper_kinds_are_declared_in_plan_order_with_their_roles():
+    roles = [(k.name, k.role) for k in all_kinds()][:6]
+    assert [role for _, role in roles] == ["left", "right", "bilateral", "bilateral", "baseline", "ensemble"]
+    assert model_names(load_config("smoke"))[-2:] == ["ensemble-top2", "ensemble-top5"]
+
+
+def test_a_row_brings_only_what_it_depends_on():
+    cfg = load_config("smoke", overrides=["plan.seeds=[0]", "plan.models=[hemisphere-fine]"])
+    assert [s.kind for s in build_plan(cfg).runs] == ["hemisphere-fine"]
+    cfg = load_config("smoke", overrides=["plan.seeds=[0]", "plan.models=[bilateral-specialised]"])
+    plan = build_plan(cfg)
+    assert [[s.kind for s in stage] for stage in plan.stages] == [
+        ["hemisphere-fine", "hemisphere-coarse"],
+        ["bilateral-specialised"],
+    ]
+
+
+def test_a_kind_from_a_module_outside_bilateral_trains_after_its_dependency(tmp_path):
+    args = ["--models", "finetuned-left", "--seeds", "0", "plan.kind_modules=[tests.kinds_plugin]"]
+    proc = subprocess.run(sweep_cmd(tmp_path, *args), capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = pd.read_csv(tmp_path / "summary.csv").set_index("model")
+    assert set(summary.index) == {"hemisphere-fine", "finetuned-left"}
+    assert summary.loc["finetuned-left", "coarse_acc_mean"] > 0  # both heads, unlike its dependency
+    store = SweepStore(tmp_path / "t")
+    records = {r["kind"]: r for r in store.read_records()[0]}
+    tuned, left = records["finetuned-left"], records["hemisphere-fine"]
+    assert tuned["spec"]["plugin"] == "tests.kinds_plugin" and tuned["spec"]["depends_on"] == [left["run_id"]]
+    spec = json.loads(store.run(tuned["run_id"]).path("spec.json").read_text())
+    assert spec["plugin"] == "tests.kinds_plugin"
+    # its prepare() put the hemisphere's best backbone into a fresh net, as the run started from
+    run_spec = RunSpec.from_dict(spec)
+    model = build_model(run_spec, 20, 4)
+    run_spec.kind_spec.prepare(run_spec, store, model)
+    best = store.run(left["run_id"]).load_checkpoint("best")["model"]
+    for key, value in model.backbone.state_dict().items():
+        assert torch.equal(value, best[f"backbone.{key}"]), key
