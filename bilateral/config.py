@@ -95,12 +95,13 @@ class TrainConfig:
 
 @dataclass
 class PlanConfig:
-    """Which runs a sweep contains; see bilateral.experiment for the model names."""
+    """Which runs a sweep contains: the comparison's rows (plan.experiment), for these seeds."""
 
     backbone: str = "resnet9"  # hemispheres, unilateral baseline, ensemble pool
     right_backbone: str | None = None  # a different backbone for the right (coarse) hemisphere
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])
-    models: list[str] = field(default_factory=lambda: ["all"])
+    experiment: str = "paper"  # the comparison: the rows of the table (bilateral/comparison.py)
+    models: list[str] = field(default_factory=lambda: ["all"])  # all = every row of the comparison
     pool_size: int = bounded(10, 1)
     kind_modules: list[str] = field(default_factory=list)  # modules declaring more kinds (bilateral.kinds)
     ensemble_top: list[int] = field(default_factory=lambda: [2, 5])

@@ -12,6 +12,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 
+from bilateral.comparison import Comparison, Row, load_comparison
 from bilateral.config import DataConfig, ModelConfig, OptimConfig, SweepConfig, TrainConfig
 from bilateral.errors import ConfigError
 from bilateral.kinds import Kind, all_kinds, kind_of, load_kind_modules
@@ -33,6 +34,8 @@ class RunSpec:
     top_k: int = 0  # ensembles only
     depends_on: tuple[str, ...] = ()
     plugin: str = ""  # the module declaring the kind, when it is not under bilateral/kinds
+    row: str = ""  # a comparison's own row (bilateral/comparison.py); "" = the kind's row
+    options: dict = field(default_factory=dict)  # that row's options, read by its kind
 
     @property
     def kind_spec(self) -> Kind:
@@ -41,7 +44,7 @@ class RunSpec:
     @property
     def model_name(self) -> str:
         """The row this run belongs to in summary.csv."""
-        return self.kind_spec.row_name(self)
+        return self.row or self.kind_spec.row_name(self)
 
     @property
     def backbone_name(self) -> str:
@@ -53,8 +56,9 @@ class RunSpec:
         """Hash of what changes results: how often checkpoints are written does not."""
         identity = self.to_dict()
         identity["train"].pop("checkpoint_every")
-        if not identity["plugin"]:  # the ids of built-in kinds' runs predate plug-ins
-            identity.pop("plugin")
+        for key in ("plugin", "row", "options"):  # unset, they leave the ids of the paper's runs as they were
+            if not identity[key]:
+                identity.pop(key)
         digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:8]
         member = f"-m{self.member}" if self.member else ""
         return f"{self.model_name}-{self.backbone_name}-s{self.seed}{member}-{digest}"
@@ -116,38 +120,107 @@ class Plan:
 
 
 def model_names(cfg: SweepConfig) -> list[str]:
-    """The names --models accepts (the rows of the table), in plan order."""
-    load_kind_modules(cfg.plan.kind_modules)
-    return [row for kind in all_kinds() for row in kind.rows(cfg)]
+    """The names --models accepts: the comparison's rows, then every other row of a known kind."""
+    rows = [row.name for row in _comparison(cfg).rows]
+    return rows + [r for kind in all_kinds() for r in kind.rows(cfg) if r not in rows]
+
+
+def _comparison(cfg: SweepConfig) -> Comparison:
+    """plan.experiment with its kind modules loaded, and a kind's name (that is no row) expanded
+    into the kind's rows."""
+    comparison = load_comparison(cfg.plan.experiment)
+    load_kind_modules([*comparison.kind_modules, *cfg.plan.kind_modules])
+    offered = {r for kind in all_kinds() for r in kind.rows(cfg)}
+    rows: list[Row] = []
+    for row in comparison.rows:
+        if row.custom or row.name in offered or row.name not in {k.name for k in all_kinds()}:
+            rows.append(row)
+        else:
+            rows += [Row(r, r) for r in kind_of(row.name).rows(cfg)]
+    return dataclasses.replace(comparison, rows=rows)
+
+
+@dataclass
+class _Frame:
+    """The row being added: its runs carry its name and options; its dependencies, its backbones."""
+
+    kind: str
+    name: str
+    options: dict
+    left: str
+    right: str
 
 
 class PlanBuilder:
-    """What a kind's add_runs builds runs with: the sweep's settings, and every run added so far."""
+    """What a kind's add_runs builds runs with: the sweep's settings, the row being added (its
+    backbones and options), and every run added so far."""
 
-    def __init__(self, cfg: SweepConfig):
+    def __init__(self, cfg: SweepConfig, comparison: Comparison):
         self.common = dict(data=cfg.data, model=cfg.model, optim=cfg.optim, train=cfg.train)
-        self.left, self.right = cfg.plan.backbone, cfg.plan.right_backbone or cfg.plan.backbone
         self.pool_size = cfg.plan.pool_size
         self.runs: dict[str, RunSpec] = {}
-        self._row_kind = {row: kind for kind in all_kinds() for row in kind.rows(cfg)}
+        left, right = cfg.plan.backbone, cfg.plan.right_backbone or cfg.plan.backbone
+        self._frames = [_Frame("", "", {}, left, right)]
+        self._rows = {r: Row(r, r) for kind in all_kinds() for r in kind.rows(cfg)}
+        self._row_kind = {r: kind for kind in all_kinds() for r in kind.rows(cfg)}
+        custom = {row.name: row for row in comparison.rows}
+        for row in custom.values():
+            if row.base not in self._row_kind:
+                raise ConfigError(
+                    f"experiment {comparison.name!r}: row {row.name!r} is made from {row.base!r}, which no "
+                    f"known kind offers: choose one of {', '.join(self._row_kind)} (or add its kind module)"
+                )
+        self._rows.update(custom)
+
+    @property
+    def left(self) -> str:
+        return self._frames[-1].left
+
+    @property
+    def right(self) -> str:
+        return self._frames[-1].right
+
+    @property
+    def options(self) -> dict:
+        """The options of the row being added (empty for a kind's own row)."""
+        return self._frames[-1].options
 
     def add(self, kind: str, backbone: str, seed: int, **fields) -> RunSpec:
         """The run of these settings (added once however many rows need it)."""
+        frame = self._frames[-1]
+        if kind == frame.kind and frame.name:
+            fields = {"row": frame.name, "options": frame.options, **fields}
         spec = RunSpec(kind, backbone, seed, plugin=kind_of(kind).module, **self.common, **fields)
         return self.runs.setdefault(spec.run_id, spec)
 
-    def row(self, row: str, seed: int) -> RunSpec:
+    def row(self, name: str, seed: int) -> RunSpec:
         """The run of a row for a seed, added with what it depends on: how a kind asks for another."""
-        return self._row_kind[row].add_runs(row, seed, self)
+        row, outer = self._rows[name], self._frames[-1]
+        kind = self._row_kind[row.base]
+        self._frames.append(
+            _Frame(
+                kind.name,
+                row.name if row.custom else "",
+                row.options,
+                row.backbone or outer.left,
+                row.right_backbone or row.backbone or outer.right,
+            )
+        )
+        try:
+            return kind.add_runs(row.base, seed, self)
+        finally:
+            self._frames.pop()
 
 
 def build_plan(cfg: SweepConfig) -> Plan:
-    known = model_names(cfg)
-    wanted = known if cfg.plan.models in (["all"], []) else list(cfg.plan.models)
+    comparison = _comparison(cfg)
+    known = model_names(cfg)  # every row: --models may name one the comparison does not list
+    every = [row.name for row in comparison.rows]
+    wanted = every if cfg.plan.models in (["all"], []) else list(cfg.plan.models)
     unknown = [m for m in wanted if m not in known]
     if unknown:
         raise ConfigError(f"unknown model kind(s) {', '.join(unknown)}: choose from all, {', '.join(known)}")
-    plan = PlanBuilder(cfg)
+    plan = PlanBuilder(cfg, comparison)
     for seed in cfg.plan.seeds:
         for row in wanted:
             plan.row(row, seed)

@@ -21,7 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # ray_jobs/ and slurm/ sit beside launch/
 
 from bilateral.config import PRESETS, SweepConfig, load_config, parse_seeds, to_dict
-from bilateral.data.sources import check_dataset_spec
+from bilateral.data.sources import check_dataset_spec, class_counts
 from bilateral.errors import BilateralError, ConfigError
 from bilateral.experiment import Plan, build_plan, group_name
 from bilateral.extras import require
@@ -56,7 +56,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "missing) | torch (DataLoader baseline)",
     )
     p.add_argument("--seeds", help="e.g. 0,1,2 or 0-4")
-    p.add_argument("--models", help="comma-separated subset of the plan (see --dry-run), default all")
+    p.add_argument(
+        "--experiment",
+        help="the comparison: the rows of the table; a shipped name (paper = the default, callosal) "
+        "or a YAML file (bilateral/comparison.py)",
+    )
+    p.add_argument("--models", help="comma-separated subset of the rows (see --dry-run), default all")
     p.add_argument("--device", help="auto (cuda if available) | cpu | cuda | cuda:N")
     p.add_argument(
         "--fuse",
@@ -83,6 +88,7 @@ def resolve_config(args: argparse.Namespace) -> SweepConfig:
         "data.source": args.data,
         "data.loader": args.loader,
         "plan.backbone": args.backbone,
+        "plan.experiment": args.experiment,
         "device": args.device,
         "out": args.out,
         "name": args.name,
@@ -110,6 +116,29 @@ def preflight(cfg: SweepConfig, plan: Plan) -> None:
         check_batches(make_splits(data, trained[0]), trained[0])  # one data and train config per sweep
     for spec in {(s.kind, s.backbone, s.right_backbone): s for s in trained}.values():
         build_model(spec, data.num_fine, data.num_coarse)
+
+
+def rows_table(plan: Plan, data_spec: str) -> str:
+    """The rows of the comparison: kind, what trains, parameters (with this data's heads), and the
+    rows each one's runs depend on."""
+    from bilateral.assemble import build_model
+    from bilateral.models import count_parameters
+
+    classes = class_counts(data_spec)
+    by_id = {s.run_id: s for s in plan.runs}
+    lines = ["rows:"]
+    for spec in {(s.model_name, s.backbone_name): s for s in plan.runs}.values():
+        name = spec.model_name
+        kind = spec.kind_spec
+        params = "-"
+        if kind.trains and classes:
+            params = f"{count_parameters(build_model(spec, *classes)):,}"
+        trains = "heads only" if not kind.trains_backbones else "yes" if kind.trains else "no (assembled)"
+        deps = sorted({by_id[d].model_name for d in spec.depends_on})
+        needs = f"  <- {', '.join(deps)}" if deps else ""
+        row = f"  {name:28} {spec.kind:24} {spec.backbone_name:16} params {params:>11}"
+        lines.append(f"{row}  trains {trains}{needs}")
+    return "\n".join(lines)
 
 
 class LocalBackend:
@@ -174,7 +203,7 @@ def main(argv: list[str]) -> int:
     store = SweepStore(Path(cfg.out) / cfg.name)
     if args.dry_run:
         check_dataset_spec(cfg.data.source)
-        print(f"sweep {cfg.name} -> {store.root}\n{plan.describe()}")
+        print(f"sweep {cfg.name} -> {store.root}\n{rows_table(plan, cfg.data.source)}\n{plan.describe()}")
         if args.fuse > 1:
             for number, stage in enumerate(plan.stages):
                 groups = [group_name(g) for g in fusion_groups(stage, args.fuse, store)]

@@ -5,10 +5,12 @@ import json
 import subprocess
 
 import pandas as pd
+import pytest
 import torch
 
 from bilateral.assemble import build_model
 from bilateral.config import load_config
+from bilateral.errors import ConfigError
 from bilateral.experiment import RunSpec, build_plan, model_names
 from bilateral.kinds import all_kinds
 from bilateral.store import SweepStore
@@ -52,3 +54,53 @@ def test_a_kind_from_a_module_outside_bilateral_trains_after_its_dependency(tmp_
     best = store.run(left["run_id"]).load_checkpoint("best")["model"]
     for key, value in model.backbone.state_dict().items():
         assert torch.equal(value, best[f"backbone.{key}"]), key
+
+
+def test_a_comparison_file_makes_rows_of_its_own(tmp_path):
+    """A row made from a kind's row with other backbones: its runs carry its name, its dependencies
+    (the hemispheres) take its backbones, and the paper's rows keep their run ids."""
+    path = tmp_path / "mine.yaml"
+    path.write_text(
+        "rows:\n  - bilateral-specialised\n  - name: bilateral-vgg-right\n    kind: bilateral-specialised\n"
+        "    right_backbone: vgg11\n"
+    )
+    cfg = load_config("smoke", overrides=["plan.seeds=[0]", f"plan.experiment={path}"])
+    plan = build_plan(cfg)
+    rows = {s.model_name: s for s in plan.runs}
+    hemispheres = {"hemisphere-fine", "hemisphere-coarse"}
+    assert set(rows) == {*hemispheres, "bilateral-specialised", "bilateral-vgg-right"}
+    custom, paper = rows["bilateral-vgg-right"], rows["bilateral-specialised"]
+    assert custom.row == "bilateral-vgg-right" and custom.right_backbone == "vgg11"
+    coarse = [s for s in plan.runs if s.kind == "hemisphere-coarse"]
+    assert sorted(s.backbone for s in coarse) == ["resnet9", "vgg11"]  # one per bilateral row
+    default = build_plan(load_config("smoke", overrides=["plan.seeds=[0]"]))
+    assert paper.run_id in {s.run_id for s in default.runs}
+
+
+def test_the_dry_run_prints_rows_with_their_dependencies_and_parameters(tmp_path):
+    proc = subprocess.run(
+        sweep_cmd(tmp_path, "--seeds", "0", "--dry-run"), capture_output=True, text=True, cwd=REPO
+    )
+    assert proc.returncode == 0, proc.stderr
+    line = next(x for x in proc.stdout.splitlines() if x.strip().startswith("bilateral-specialised"))
+    assert "heads only" in line and "<- hemisphere-coarse, hemisphere-fine" in line
+    params = int(line.split("params")[1].split()[0].replace(",", ""))
+    assert params > 1000
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("rows: [bilateral-magic]\n", "row 'bilateral-magic' is made from 'bilateral-magic', which no known"),
+        ("rows:\n  - name: x\n    kind: nothing\n", "row 'x' is made from 'nothing'"),
+        ("rows:\n  - name: x\n    colour: red\n", "unknown key(s) ['colour']"),
+        ("rows: [unilateral, unilateral]\n", "names row(s) ['unilateral'] twice"),
+        ("rows: [unilateral\n", "is not valid YAML at line"),
+    ],
+)
+def test_bad_comparison_files_are_clear_errors(tmp_path, text, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as error:
+        build_plan(load_config("smoke", overrides=[f"plan.experiment={path}"]))
+    assert message in str(error.value)

@@ -8,7 +8,7 @@ from bilateral.data.cifar10 import ARCHIVE, COARSE_MAPS, load_cifar10
 from bilateral.data.cifar100 import download_cifar100, load_cifar100, locate_cifar100
 from bilateral.data.folders import read_coarse_map, read_image_tree, resolve_source
 from bilateral.data.hierarchy import HierarchicalDataset
-from bilateral.data.synthetic import make_synthetic
+from bilateral.data.synthetic import PATTERNS, TEXTURES, make_synthetic
 from bilateral.errors import ConfigError
 
 SPECS = {
@@ -57,6 +57,19 @@ def check_dataset_spec(spec: str) -> None:
     elif name == "folder":
         resolve_source(paths[0])
         read_coarse_map(paths[1])
+
+
+def class_counts(spec: str) -> tuple[int, int] | None:
+    """(fine, coarse) class counts of a spec without decoding images; None when only the images
+    tell (a folder tree's fine classes are its subfolders)."""
+    name, paths = _parse(spec)
+    if name == "synthetic":
+        return len(TEXTURES) * len(PATTERNS), len(TEXTURES)
+    if name in COARSE_MAPS:
+        return sum(len(f) for f in COARSE_MAPS[name].values()), len(COARSE_MAPS[name])
+    if name == "cifar100":
+        return 100, 20
+    return None
 
 
 def _parse(spec: str) -> tuple[str, list[Path]]:

@@ -1,0 +1,108 @@
+"""Comparisons as data: a YAML file of the rows of a table (bilateral/experiments/*.yaml or any path).
+
+    rows:
+      - bilateral-specialised                 # a model kind's own row, as --models names it
+      - ensemble                              # a kind's name that is no row: every row it offers
+      - name: bilateral-vgg-right             # a row of its own, made from a kind's row:
+        kind: bilateral-specialised           #   the row it starts from
+        right_backbone: vgg11                 #   its backbones (default: plan.backbone / right_backbone)
+        options: {connection: gate}           #   what the kind reads from plan.options
+    kind_modules: [my_lab.kinds]              # modules declaring more kinds (optional)
+
+Presets say how runs train (optimiser, epochs, data size); comparisons say which rows there are.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from bilateral.errors import ConfigError
+
+ROW_KEYS = ("name", "kind", "backbone", "right_backbone", "options")
+
+
+@dataclass(frozen=True)
+class Row:
+    name: str
+    base: str  # the kind's row it is made from; == name for a kind's own row
+    backbone: str | None = None
+    right_backbone: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def custom(self) -> bool:
+        """A row of its own (its runs carry its name and options) rather than a kind's row."""
+        return self.name != self.base or bool(self.options) or bool(self.backbone or self.right_backbone)
+
+
+@dataclass(frozen=True)
+class Comparison:
+    name: str
+    rows: list[Row]
+    kind_modules: list[str] = field(default_factory=list)
+
+
+def shipped() -> list[str]:
+    folder = resources.files("bilateral") / "experiments"
+    return sorted(p.name.removesuffix(".yaml") for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def load_comparison(name_or_path: str) -> Comparison:
+    """A shipped comparison by name (paper, callosal, ...) or a YAML file by path."""
+    path = Path(name_or_path)
+    if not path.suffix and name_or_path in shipped():
+        path = Path(str(resources.files("bilateral") / "experiments" / f"{name_or_path}.yaml"))
+    if not path.is_file():
+        raise ConfigError(
+            f"experiment {name_or_path!r} is neither a shipped comparison ({', '.join(shipped())}) nor a "
+            "YAML file: give one of those names or the path of a file"
+        )
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"experiment file {str(path)!r} is not valid YAML{at}: fix the file") from None
+    if not isinstance(data, dict) or not isinstance(data.get("rows"), list) or not data["rows"]:
+        raise ConfigError(f"experiment file {str(path)!r} needs a non-empty list `rows:` (see {__name__})")
+    unknown = sorted(set(data) - {"rows", "kind_modules"})
+    if unknown:
+        raise ConfigError(
+            f"experiment file {str(path)!r}: unknown key(s) {unknown}; the known keys are rows, kind_modules"
+        )
+    rows = [_row(entry, path) for entry in data["rows"]]
+    names = [r.name for r in rows]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ConfigError(f"experiment file {str(path)!r} names row(s) {twice} twice: give each its own name")
+    return Comparison(path.stem, rows, list(data.get("kind_modules") or []))
+
+
+def _row(entry: Any, path: Path) -> Row:
+    if isinstance(entry, str):
+        return Row(entry, entry)
+    if not isinstance(entry, dict) or "name" not in entry:
+        raise ConfigError(
+            f"experiment file {str(path)!r}: row {entry!r} is neither a row name nor a mapping {{name: ...}}"
+        )
+    unknown = sorted(set(entry) - set(ROW_KEYS))
+    if unknown:
+        raise ConfigError(
+            f"experiment file {str(path)!r}: row {entry['name']!r} has unknown key(s) {unknown}; known: "
+            f"{', '.join(ROW_KEYS)}"
+        )
+    options = entry.get("options") or {}
+    if not isinstance(options, dict):
+        raise ConfigError(f"experiment file {str(path)!r}: row {entry['name']!r}: options must be a mapping")
+    return Row(
+        str(entry["name"]),
+        str(entry.get("kind", entry["name"])),
+        entry.get("backbone"),
+        entry.get("right_backbone"),
+        dict(options),
+    )
