@@ -368,7 +368,7 @@ def _projected_hours(cfg: SweepConfig, images_per_s: float, overheads: Overheads
         model = build_model(spec, 100, 20)
         forward = _macs(model) / base_macs
         # frozen backbones: forward only, no backward (about a third of a step)
-        step = forward if spec.kind_spec.trains_backbones else forward / 3
+        step = forward if spec.kind_spec.trains_backbones(spec) else forward / 3
         epochs = spec.train.epochs
         writes = -(-epochs // spec.train.checkpoint_every)  # every N epochs and after the last one
         hours["training"] += epochs * train_images * step / images_per_s / 3600

@@ -133,7 +133,9 @@ def rows_table(plan: Plan, data_spec: str) -> str:
         params = "-"
         if kind.trains and classes:
             params = f"{count_parameters(build_model(spec, *classes)):,}"
-        trains = "heads only" if not kind.trains_backbones else "yes" if kind.trains else "no (assembled)"
+        trains = "yes" if kind.trains else "no (assembled)"
+        if kind.trains and not kind.trains_backbones(spec):
+            trains = "all but the hemispheres"
         deps = sorted({by_id[d].model_name for d in spec.depends_on})
         needs = f"  <- {', '.join(deps)}" if deps else ""
         row = f"  {name:28} {spec.kind:24} {spec.backbone_name:16} params {params:>11}"

@@ -83,7 +83,7 @@ def test_the_dry_run_prints_rows_with_their_dependencies_and_parameters(tmp_path
     )
     assert proc.returncode == 0, proc.stderr
     line = next(x for x in proc.stdout.splitlines() if x.strip().startswith("bilateral-specialised"))
-    assert "heads only" in line and "<- hemisphere-coarse, hemisphere-fine" in line
+    assert "all but the hemispheres" in line and "<- hemisphere-coarse, hemisphere-fine" in line
     params = int(line.split("params")[1].split()[0].replace(",", ""))
     assert params > 1000
 

@@ -25,7 +25,7 @@ class Bilateral(Kind):
 
 class Specialised(Bilateral):
     name = "bilateral-specialised"
-    trains_backbones, reference, from_hemispheres = False, True, True
+    reference, from_hemispheres = True, True
     colour = "tab:green"
     how_to_get = "--models bilateral-specialised (trains both hemispheres first)"
 
@@ -34,21 +34,28 @@ class Specialised(Bilateral):
         return plan.add(self.name, plan.left, seed, right_backbone=plan.right, depends_on=deps)
 
     def prepare(self, spec, store, model):
-        """Load the best checkpoints of this seed's two hemisphere runs and freeze them."""
-        for dep_id in spec.depends_on:
-            dep = store.run(dep_id)
-            if not dep.is_finished():
-                raise CheckpointError(
-                    f"{spec.run_id} needs hemisphere run {dep_id}, which has not finished: rerun the "
-                    "sweep so that it trains first"
-                )
-            state = dep.load_checkpoint("best")["model"]
-            record = dep.read_record()
-            role = kind_of(record["kind"], record["spec"].get("plugin", "")).role
-            side = model.left if role == "left" else model.right
-            backbone = {k.removeprefix("backbone."): v for k, v in state.items() if k.startswith("backbone.")}
-            load_state_strict(side, backbone, source=str(dep.path("checkpoints/best.pt")))
+        attach_hemispheres(spec, store, model)
         model.freeze_hemispheres(update_bn_stats=spec.model.frozen_bn_update)
+
+    def trains_backbones(self, spec):
+        return False
+
+
+def attach_hemispheres(spec, store, model) -> None:
+    """Load the best checkpoints of the run's hemisphere dependencies into model.left / model.right."""
+    for dep_id in spec.depends_on:
+        dep = store.run(dep_id)
+        if not dep.is_finished():
+            raise CheckpointError(
+                f"{spec.run_id} needs hemisphere run {dep_id}, which has not finished: rerun the "
+                "sweep so that it trains first"
+            )
+        state = dep.load_checkpoint("best")["model"]
+        record = dep.read_record()
+        role = kind_of(record["kind"], record["spec"].get("plugin", "")).role
+        side = model.left if role == "left" else model.right
+        backbone = {k.removeprefix("backbone."): v for k, v in state.items() if k.startswith("backbone.")}
+        load_state_strict(side, backbone, source=str(dep.path("checkpoints/best.pt")))
 
 
 class Unspecialised(Bilateral):

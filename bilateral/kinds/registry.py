@@ -35,7 +35,6 @@ class Kind:
     role: ClassVar[Role] = "baseline"
     trains: ClassVar[bool] = True  # False: assembled from its dependencies (ensembles)
     fusable: ClassVar[bool] = True  # runs that differ only in seed can train as one network (--fuse)
-    trains_backbones: ClassVar[bool] = True  # False: frozen backbones, only heads learn (bench costs)
     reference: ClassVar[bool] = False  # the row every other row is compared with (report.md)
     from_hemispheres: ClassVar[bool] = False  # bilateral: built from this seed's hemisphere runs
     colour: ClassVar[str | None] = None  # in the analysis figures
@@ -64,6 +63,10 @@ class Kind:
 
     def weight_decay(self, optim: OptimConfig) -> float:
         return optim.weight_decay
+
+    def trains_backbones(self, spec: RunSpec) -> bool:
+        """False: the backbones stay frozen and a step is a forward without their backward."""
+        return True
 
 
 _KINDS: dict[str, Kind] = {}
