@@ -14,7 +14,7 @@ import torch
 
 from bilateral.errors import ConfigError
 from ray_jobs import cluster
-from tests.conftest import DATA_DIR, REPO, TINY, sweep_cmd
+from tests.conftest import CIFAR10_JPG, DATA_DIR, REPO, TINY, sweep_cmd
 
 ENV = {**os.environ, **cluster.ENV, "OMP_NUM_THREADS": "1"}
 ACCURACY = ["model", "backbone", "seeds", "fine_acc_mean", "coarse_acc_mean"]
@@ -315,3 +315,13 @@ def test_a_cluster_with_token_auth_refuses_a_sweep_without_its_token(tmp_path):
         assert len(list((tmp_path / "out" / "t" / "runs").glob("hemisphere-fine-*/record.json"))) == 1
     finally:
         cluster.stop(state)
+
+
+def test_the_callosal_comparison_runs_on_ray(tmp_path, ray_cluster):
+    rows = "callosal-concat-frozen,callosal-gate-scratch"
+    args = ["--cluster", "ray", "--address", ray_cluster["address"], "--experiment", "callosal"]
+    args += ["--models", rows]
+    proc = sweep(tmp_path, *args, "--data", f"cifar10-hier4:{CIFAR10_JPG}", "train.epochs=1")
+    summary = pd.read_csv(tmp_path / "summary.csv").set_index("model")
+    assert {"callosal-concat-frozen", "callosal-gate-scratch"} <= set(summary.index), proc.stderr[-2000:]
+    assert (summary.loc[["callosal-concat-frozen", "callosal-gate-scratch"], "seeds"] == 2).all()

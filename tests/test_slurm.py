@@ -19,7 +19,7 @@ import pandas as pd
 import pytest
 
 from bilateral.errors import ConfigError
-from tests.conftest import REPO, sweep_cmd
+from tests.conftest import CIFAR10_JPG, REPO, sweep_cmd
 
 START, STOP = REPO / "slurm" / "start-cluster.sh", REPO / "slurm" / "stop-cluster.sh"
 # CPU-only cluster of 2 cores: one core per run, so two runs train at once
@@ -459,3 +459,13 @@ def _cmdline(proc: Path) -> bytes:
         return (proc / "cmdline").read_bytes()
     except OSError:
         return b""
+
+
+def test_the_callosal_comparison_runs_on_slurm(slurm_cluster, tmp_path):
+    rows = "callosal-concat-frozen,callosal-gate-scratch"
+    data = ["--data", f"cifar10-hier4:{CIFAR10_JPG}", "train.epochs=1"]
+    proc = sweep(tmp_path, *ON_SLURM, "--experiment", "callosal", "--models", rows, *data)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = pd.read_csv(tmp_path / "summary.csv").set_index("model")
+    assert {"callosal-concat-frozen", "callosal-gate-scratch"} <= set(summary.index)
+    assert len(ledger(tmp_path / "t")) == 4  # the two callosal runs and the two hemispheres they need
