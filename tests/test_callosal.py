@@ -93,3 +93,25 @@ def test_the_callosal_comparison_on_real_cifar10_gives_a_row_per_variant(tmp_pat
     params = summary["params"]
     overhead = params["callosal-gate-scratch"] - params["bilateral-unspecialised"]
     assert overhead == sum(p.numel() for p in gate.callosum.parameters()) > 0  # in the table
+
+
+def test_the_analysis_covers_the_callosal_rows(tmp_path):
+    from bilateral.analysis import run_analysis
+
+    rows = "bilateral-specialised,callosal-gate-frozen,callosal-concat-scratch"
+    proc = subprocess.run(
+        sweep_cmd(tmp_path, "--experiment", "callosal", "--models", rows, "--seeds", "0", "train.epochs=1"),
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    parts = ["scenarios", "attribution", "gradcam"]
+    data_dir = tiny_config().data_dir
+    result = run_analysis(tmp_path / "t", device="cpu", data_dir=data_dir, parts=parts, gradcam_images=50)
+    assert result.errors == {} and result.done == parts
+    attribution = pd.read_csv(result.out / "attribution_summary.csv")
+    assert set(attribution["bilateral"]) == set(rows.split(","))
+    scenarios = pd.read_csv(result.out / "scenario_counts.csv")
+    assert "callosal-gate-frozen" in set(scenarios["bilateral"])
+    assert "callosal rows" in result.report.read_text()

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from bilateral.analysis import figures
-from bilateral.analysis.context import BILATERAL, SPECIALISED, SweepContext
+from bilateral.analysis.context import SPECIALISED, SweepContext
 from bilateral.analysis.report import Section, pm
 
 
@@ -88,7 +88,7 @@ def head_attribution(model: nn.Module, features: np.ndarray) -> list[dict]:
 
 
 def run(ctx: SweepContext, out: Path) -> Section:
-    kinds = [k for k in BILATERAL if ctx.seeds_with(k)]
+    kinds = [k for k in ctx.bilateral_rows if ctx.seeds_with(k)]
     if not kinds:
         ctx.require("head attribution", SPECIALISED)
     section = Section("4. Head attribution")
@@ -119,7 +119,9 @@ def run(ctx: SweepContext, out: Path) -> Section:
         "weights over each half. **grad_x_input**: per test image, Σ|∂logit/∂f · f| over each half for "
         "the head's predicted class (for a linear head, the size of each feature's term in the logit), "
         "averaged over the test subset. Mean ± std over seeds. If the paper is right, the fine head "
-        "leans left (left share > 0.5) and the coarse head leans right.",
+        "leans left (left share > 0.5) and the coarse head leans right. In nets whose hemispheres "
+        "exchange features (callosal rows), a half is that hemisphere's stream after the exchanges, so "
+        "what the connections carried into a side counts as that side's share.",
         "",
     )
     table = pd.DataFrame(

@@ -18,7 +18,7 @@ from torch import nn
 
 from bilateral.assemble import build_model
 from bilateral.data import DeviceLoader, HierarchicalDataset, LoaderOptions, normalize
-from bilateral.errors import BilateralError
+from bilateral.errors import BilateralError, DamagedFileError
 from bilateral.experiment import RunSpec
 from bilateral.kinds import kind_of, with_role
 from bilateral.models import load_state_strict
@@ -36,6 +36,22 @@ BILATERAL = (SPECIALISED, UNSPECIALISED)
 KINDS = (LEFT, RIGHT, *BILATERAL)
 # How to obtain each kind: the sweep flag that trains it (its dependencies come with it).
 HOW_TO_GET = {name: kind_of(name).how_to_get for name in KINDS}
+
+
+def _analysed(spec: dict) -> bool:
+    """Runs of the hemispheres and of every bilateral row are what the analysis reads."""
+    return "kind" in spec and kind_of(spec["kind"], spec.get("plugin", "")).role in (
+        "left",
+        "right",
+        "bilateral",
+    )
+
+
+def _spec_or_empty(run: RunStore) -> dict:
+    try:
+        return run.read_spec()
+    except DamagedFileError:
+        return {}
 
 
 class AnalysisError(BilateralError):
@@ -84,11 +100,17 @@ class SweepContext:
     # ----------------------------------------------------------------------------- which runs
     def _find_runs(self) -> None:
         records, self.damaged = self.store.read_records()
-        records = [r for r in records if r["kind"] in KINDS and r.get("member", 0) == 0]
+        records = [r for r in records if _analysed(r["spec"]) and r.get("member", 0) == 0]
         self.notes += [f"{run_id} left out: {why}" for run_id, why in self.damaged.items()]
         by_id = {r["run_id"]: r for r in records}
+        rows = {
+            r["model"] for r in records if kind_of(r["kind"], r["spec"].get("plugin", "")).role == "bilateral"
+        }
+        # every bilateral row of the sweep (callosal variants too): the paper's two first
+        self.bilateral_rows = [*[k for k in BILATERAL if k in rows], *sorted(rows - set(BILATERAL))]
         for record in sorted(records, key=lambda r: r["run_id"]):
-            seed, kind = record["seed"], record["kind"]
+            seed = record["seed"]
+            kind = record["model"] if record["model"] in rows else record["kind"]  # hemispheres by kind
             chosen = self.seeds.setdefault(seed, {})
             if kind in chosen:
                 self.notes.append(
@@ -106,7 +128,8 @@ class SweepContext:
         unfinished = sorted(
             p.parent.name
             for p in (self.root / "runs").glob("*/spec.json")
-            if not (p.parent / "record.json").exists() and p.parent.name.startswith(KINDS)
+            if not (p.parent / "record.json").exists()
+            and _analysed(_spec_or_empty(self.store.run(p.parent.name)))
         )
         if unfinished:
             self.notes.append(

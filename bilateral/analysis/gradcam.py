@@ -25,7 +25,7 @@ from pytorch_grad_cam.utils.image import scale_cam_image
 from torch import Tensor, nn
 
 from bilateral.analysis import figures
-from bilateral.analysis.context import BILATERAL, LEFT, RIGHT, SPECIALISED, SweepContext
+from bilateral.analysis.context import LEFT, RIGHT, SPECIALISED, SweepContext
 from bilateral.analysis.report import Section, pm
 from bilateral.analysis.scenarios import JUDGES, correctness_table
 
@@ -182,7 +182,7 @@ GRID_SCENARIOS = [
 
 
 def run(ctx: SweepContext, out: Path, max_images: int | None = 1000, grid_images: int = 6) -> Section:
-    seeds = [s for s in ctx.seeds if any(k in ctx.seeds[s] for k in (LEFT, RIGHT, *BILATERAL))]
+    seeds = [s for s in ctx.seeds if any(k in ctx.seeds[s] for k in (LEFT, RIGHT, *ctx.bilateral_rows))]
     if not seeds:
         ctx.require("Grad-CAM", LEFT, RIGHT, SPECIALISED)
     section = Section("2. Grad-CAM")

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from bilateral.analysis import figures
-from bilateral.analysis.context import BILATERAL, LEFT, RIGHT, SPECIALISED, SweepContext
+from bilateral.analysis.context import LEFT, RIGHT, SPECIALISED, SweepContext
 from bilateral.analysis.report import Section, pm
 from bilateral.errors import BilateralError
 
@@ -106,7 +106,7 @@ def _mean_std(df: pd.DataFrame, seeds: list[int]) -> pd.DataFrame:
 
 
 def run(ctx: SweepContext, out: Path) -> Section:
-    kinds = [k for k in BILATERAL if ctx.seeds_with(LEFT, RIGHT, k)]
+    kinds = [k for k in ctx.bilateral_rows if ctx.seeds_with(LEFT, RIGHT, k)]
     if not kinds:
         ctx.require("scenarios", LEFT, RIGHT, SPECIALISED)  # raises, naming what to train
     section = Section("1. Correctness scenarios")
