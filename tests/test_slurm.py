@@ -434,24 +434,31 @@ def _wait_for_file(folder: Path, name: str, proc: subprocess.Popen, timeout_s: f
     raise AssertionError(f"no {name} under {folder} after {timeout_s:.0f}s")
 
 
-def _check_token_auth(head: Path, empty_home: Path) -> None:
-    """The allocation's Ray cluster takes a client holding the job's token (0600) and refuses one
-    without it: Ray's gRPC says InvalidAuthToken."""
+def _check_token_auth(head: Path, scratch: Path) -> None:
+    """The allocation's Ray cluster refuses a client without the job's token (Ray's gRPC answers
+    InvalidAuthToken, which its client logs while it retries) and takes one holding it (0600)."""
     import stat
 
     address, token = json.loads(head.read_text())["address"], head.parent / "ray-token"
     assert stat.S_IMODE(token.stat().st_mode) == 0o600
     client = f"import ray; ray.init(address={address!r}); print('joined', ray.cluster_resources())"
     base = {k: v for k, v in ENV.items() if not k.startswith("RAY_AUTH")}
-    empty_home.mkdir()
+    scratch.mkdir()
+    without = {**base, "HOME": str(scratch), "RAY_AUTH_MODE": "disabled"}  # no ~/.ray/auth_token either
+    log = scratch / "refused.log"
+    with open(log, "w") as out:
+        refused = subprocess.Popen([sys.executable, "-c", client], env=without, stdout=out, stderr=out)
+    deadline = time.time() + 60
+    while "InvalidAuthToken" not in log.read_text() and refused.poll() is None and time.time() < deadline:
+        time.sleep(0.5)
+    refused.kill()
+    refused.wait()
+    assert "InvalidAuthToken" in log.read_text() and "joined" not in log.read_text(), log.read_text()[-2000:]
     with_token = {**base, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
-    joined = subprocess.run([sys.executable, "-c", client], env=with_token, capture_output=True, text=True)
-    assert joined.returncode == 0 and "joined" in joined.stdout, joined.stderr[-2000:]
-    without = {**base, "HOME": str(empty_home), "RAY_AUTH_MODE": "disabled"}  # no ~/.ray/auth_token either
-    refused = subprocess.run(
-        [sys.executable, "-c", client], env=without, capture_output=True, text=True, timeout=120
+    joined = subprocess.run(
+        [sys.executable, "-c", client], env=with_token, capture_output=True, text=True, timeout=120
     )
-    assert refused.returncode != 0 and "InvalidAuthToken" in refused.stderr, refused.stderr[-2000:]
+    assert joined.returncode == 0 and "joined" in joined.stdout, joined.stderr[-2000:]
 
 
 def _cmdline(proc: Path) -> bytes:
