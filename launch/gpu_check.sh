@@ -36,7 +36,6 @@ PYTHON=${PYTHON:-python3}
 OUT=${OUT:-gpu-check}
 RESULTS=${RESULTS:-results}
 DEVICE=${DEVICE:-cuda}
-COMPARISON=bilateral-specialised,bilateral-unspecialised,unilateral  # + the two hemispheres
 
 prepare() {
   # Pure-Python packages the GPU image lacks (its torch, numpy, pandas, scipy, sklearn, tqdm,
@@ -118,7 +117,7 @@ for name in "${stages[@]}"; do
             ${PACK_ARGS:---bf16 --channels-last} ;;
     sweep)
       stage sweep "$PYTHON" launch/sweep.py --preset fast --data "$DATA" --device "$DEVICE" \
-        --out "$RESULTS" --name gpu-check ${SWEEP_ARGS:---seeds 0 --models $COMPARISON}
+        --out "$RESULTS" --name gpu-check ${SWEEP_ARGS:---seeds 0 --experiment gpu-check}
       sweep_results ;;
   esac
   printf '=== outcomes after %s:\n' "$name"  # after every stage: the end of a cut call's output says
