@@ -6,6 +6,7 @@ import pandas as pd
 import pytest
 import torch
 
+from bilateral.comparison import load_comparison
 from bilateral.errors import ConfigError
 from bilateral.experiment import build_plan
 from bilateral.models import BilateralNet, ResNet9
@@ -15,7 +16,7 @@ from bilateral.sweep import fusion_groups
 from bilateral.train import run
 from tests.conftest import CIFAR10_JPG, REPO, Killed, die_after_first_epoch, sweep_cmd, tiny_config
 
-ROWS = ["callosal-concat-frozen", "callosal-gate-finetuned", "callosal-gate-scratch"]
+ROWS = [row.name for row in load_comparison("callosal").rows if row.base == "callosal"]  # six variants
 
 
 def hemispheres():
@@ -106,7 +107,7 @@ def test_the_analysis_covers_the_callosal_rows(tmp_path):
         cwd=REPO,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    parts = ["scenarios", "attribution", "gradcam"]
+    parts = ["scenarios", "attribution", "gradcam", "similarity"]
     data_dir = tiny_config().data_dir
     result = run_analysis(tmp_path / "t", device="cpu", data_dir=data_dir, parts=parts, gradcam_images=50)
     assert result.errors == {} and result.done == parts
@@ -115,3 +116,6 @@ def test_the_analysis_covers_the_callosal_rows(tmp_path):
     scenarios = pd.read_csv(result.out / "scenario_counts.csv")
     assert "callosal-gate-frozen" in set(scenarios["bilateral"])
     assert "callosal rows" in result.report.read_text()
+    assert "callosal-gate-frozen" in set(pd.read_csv(result.out / "gradcam_spread.csv")["source"])
+    similarity = pd.read_csv(result.out / "similarity_summary_mean.csv")
+    assert "callosal-concat-scratch" in similarity.to_string()

@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 import torch
 
+from bilateral.comparison import load_comparison
 from bilateral.errors import ConfigError
 from ray_jobs import cluster
 from tests.conftest import CIFAR10_JPG, DATA_DIR, REPO, TINY, sweep_cmd
@@ -318,10 +319,10 @@ def test_a_cluster_with_token_auth_refuses_a_sweep_without_its_token(tmp_path):
 
 
 def test_the_callosal_comparison_runs_on_ray(tmp_path, ray_cluster):
-    rows = "callosal-concat-frozen,callosal-gate-scratch"
+    rows = ",".join(r.name for r in load_comparison("callosal").rows if r.base == "callosal")
     args = ["--cluster", "ray", "--address", ray_cluster["address"], "--experiment", "callosal"]
     args += ["--models", rows]
     proc = sweep(tmp_path, *args, "--data", f"cifar10-hier4:{CIFAR10_JPG}", "train.epochs=1")
     summary = pd.read_csv(tmp_path / "summary.csv").set_index("model")
-    assert {"callosal-concat-frozen", "callosal-gate-scratch"} <= set(summary.index), proc.stderr[-2000:]
-    assert (summary.loc[["callosal-concat-frozen", "callosal-gate-scratch"], "seeds"] == 2).all()
+    assert set(rows.split(",")) <= set(summary.index), proc.stderr[-2000:]
+    assert (summary.loc[rows.split(","), "seeds"] == 2).all() and len(rows.split(",")) == 6

@@ -18,6 +18,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from bilateral.comparison import load_comparison
 from bilateral.errors import ConfigError
 from tests.conftest import CIFAR10_JPG, REPO, sweep_cmd
 
@@ -469,10 +470,10 @@ def _cmdline(proc: Path) -> bytes:
 
 
 def test_the_callosal_comparison_runs_on_slurm(slurm_cluster, tmp_path):
-    rows = "callosal-concat-frozen,callosal-gate-scratch"
+    rows = ",".join(r.name for r in load_comparison("callosal").rows if r.base == "callosal")
     data = ["--data", f"cifar10-hier4:{CIFAR10_JPG}", "train.epochs=1"]
     proc = sweep(tmp_path, *ON_SLURM, "--experiment", "callosal", "--models", rows, *data)
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = pd.read_csv(tmp_path / "summary.csv").set_index("model")
-    assert {"callosal-concat-frozen", "callosal-gate-scratch"} <= set(summary.index)
-    assert len(ledger(tmp_path / "t")) == 4  # the two callosal runs and the two hemispheres they need
+    assert set(rows.split(",")) <= set(summary.index) and len(rows.split(",")) == 6
+    assert len(ledger(tmp_path / "t")) == 8  # six callosal runs and the two hemispheres four of them need

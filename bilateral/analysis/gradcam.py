@@ -198,8 +198,7 @@ def run(ctx: SweepContext, out: Path, max_images: int | None = 1000, grid_images
         for kind, side in ((LEFT, "left"), (RIGHT, "right")):
             if kind in runs:
                 sources[("hemisphere alone", "predicted", side)] = hemisphere_maps(ctx.model(runs[kind]), x)
-        bil = ctx.bilateral_kind(seed)
-        if bil is not None:
+        for bil in [k for k in ctx.bilateral_rows if k in runs]:  # every bilateral row, callosal too
             model = ctx.model(runs[bil])
             if layer_note is None:
                 layer_note = ", ".join(

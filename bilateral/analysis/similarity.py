@@ -104,6 +104,9 @@ def seed_features(ctx: SweepContext, seed: int) -> tuple[dict[str, np.ndarray], 
         reps["bilateral"], source = ctx.features(runs[UNSPECIALISED])["all"], runs[UNSPECIALISED].run_id
     elif SPECIALISED in runs:
         reps["bilateral"], source = ctx.features(runs[SPECIALISED])["all"], runs[SPECIALISED].run_id
+    for row in ctx.bilateral_rows:  # other bilateral rows (callosal nets): their [left, right] streams
+        if row not in (SPECIALISED, UNSPECIALISED) and row in runs:
+            reps[row] = ctx.features(runs[row])["all"]
     return reps, source
 
 
