@@ -44,6 +44,13 @@ def sweep_cmd(out, *args: str, tiny: bool = True) -> list[str]:
     ]
 
 
+def dry_run_ids(stdout: str) -> list[str]:
+    """The run ids a --dry-run lists under its stages (the rows table above them is not runs)."""
+    lines = stdout.splitlines()
+    first = next(i for i, line in enumerate(lines) if line.startswith("stage "))
+    return [line.split()[0] for line in lines[first:] if line.startswith("  ")]
+
+
 def tiny_config(*overrides: str):
     cfg = load_config("smoke", overrides=["plan.seeds=[0]", *TINY, *overrides])
     cfg.data_dir = str(REPO / "data")

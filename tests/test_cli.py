@@ -14,7 +14,7 @@ from bilateral.errors import ConfigError, DataError
 from bilateral.models import build_backbone
 from bilateral.store import SweepStore
 from launch.sweep import main
-from tests.conftest import CIFAR10_JPG, DATA_DIR, REPO, TINY
+from tests.conftest import CIFAR10_JPG, DATA_DIR, REPO, TINY, dry_run_ids
 from tests.conftest import sweep_cmd as tiny_sweep_cmd
 
 
@@ -89,13 +89,8 @@ def test_error_exit_code_and_message(tmp_path):
 def test_mismatched_checkpoint_fails_that_run_only(tmp_path):
     cmd = sweep_cmd(tmp_path, "--models", "unilateral,unilateral-resnet18", "train.epochs=1")
     store = SweepStore(tmp_path / "t")
-    plan_ids = [
-        line.split()[0]
-        for line in subprocess.run(
-            [*cmd, "--dry-run"], capture_output=True, text=True, cwd=REPO
-        ).stdout.splitlines()
-        if line.startswith("  ")
-    ]
+    dry_run = subprocess.run([*cmd, "--dry-run"], capture_output=True, text=True, cwd=REPO)
+    plan_ids = dry_run_ids(dry_run.stdout)
     victim = next(r for r in plan_ids if r.startswith("unilateral-resnet18"))
     store.run(victim).save_checkpoint(
         "last", {"model": build_backbone("vgg11", 0.125).state_dict(), "epoch": 0}
@@ -168,7 +163,7 @@ def test_smoke_on_real_cifar10(tmp_path):
         "--data",
         f"cifar10-hier:{CIFAR10_JPG}",
         "--models",
-        "hemisphere-fine",
+        "hemisphere-fine,hemisphere-coarse",
         tiny=False,
     )
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)

@@ -20,7 +20,7 @@ import pytest
 
 from bilateral.comparison import load_comparison
 from bilateral.errors import ConfigError
-from tests.conftest import CIFAR10_JPG, REPO, sweep_cmd
+from tests.conftest import CIFAR10_JPG, REPO, dry_run_ids, sweep_cmd
 
 START, STOP = REPO / "slurm" / "start-cluster.sh", REPO / "slurm" / "stop-cluster.sh"
 # CPU-only cluster of 2 cores: one core per run, so two runs train at once
@@ -39,7 +39,7 @@ def sweep(out: Path, *args: str, wait: bool = True, timeout: float = 300):
 
 def plan_ids(*args: str) -> list[str]:
     out = sweep(Path("/nonexistent"), *args, "--dry-run").stdout
-    return [line.split()[0] for line in out.splitlines() if line.startswith("  ")]
+    return dry_run_ids(out)
 
 
 def status(sweep_dir: Path) -> str:
