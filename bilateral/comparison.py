@@ -21,6 +21,7 @@ from typing import Any
 
 import yaml
 
+from bilateral.config import yaml_problem
 from bilateral.errors import ConfigError
 
 ROW_KEYS = ("name", "kind", "backbone", "right_backbone", "options")
@@ -65,9 +66,9 @@ def load_comparison(name_or_path: str) -> Comparison:
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError(f"experiment file {str(path)!r} is not valid YAML{at}: fix the file") from None
+        raise ConfigError(
+            f"experiment file {str(path)!r} is not valid YAML{yaml_problem(exc)}. Fix the file"
+        ) from None
     if not isinstance(data, dict) or not isinstance(data.get("rows"), list) or not data["rows"]:
         raise ConfigError(f"experiment file {str(path)!r} needs a non-empty list `rows:` (see {__name__})")
     unknown = sorted(set(data) - {"rows", "kind_modules"})

@@ -196,16 +196,20 @@ def load_config(
     return config
 
 
+def yaml_problem(exc: yaml.YAMLError) -> str:
+    """' at line L, column C: what the parser found' for a YAML error."""
+    where = getattr(exc, "problem_mark", None)
+    at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
+    return f"{at}: {getattr(exc, 'problem', None) or str(exc).splitlines()[0]}"
+
+
 def _read_yaml(path: Path) -> DictConfig:
     try:
         loaded = OmegaConf.load(path)
     except yaml.YAMLError as exc:
-        where = getattr(exc, "problem_mark", None)
-        at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise ConfigError(
-            f"config file {str(path)!r} is not valid YAML{at}: {problem}. Fix the file: it holds a mapping "
-            "of sections to keys, e.g. 'train:\\n  epochs: 3'"
+            f"config file {str(path)!r} is not valid YAML{yaml_problem(exc)}. Fix the file: it holds a "
+            "mapping of sections to keys, e.g. 'train:\\n  epochs: 3'"
         ) from None
     if not isinstance(loaded, DictConfig):
         raise ConfigError(

@@ -119,9 +119,9 @@ class Plan:
         return "\n".join(lines)
 
 
-def model_names(cfg: SweepConfig) -> list[str]:
+def model_names(cfg: SweepConfig, comparison: Comparison | None = None) -> list[str]:
     """The names --models accepts: the comparison's rows, then every other row of a known kind."""
-    rows = [row.name for row in _comparison(cfg).rows]
+    rows = [row.name for row in (comparison or _comparison(cfg)).rows]
     return rows + [r for kind in all_kinds() for r in kind.rows(cfg) if r not in rows]
 
 
@@ -214,7 +214,7 @@ class PlanBuilder:
 
 def build_plan(cfg: SweepConfig) -> Plan:
     comparison = _comparison(cfg)
-    known = model_names(cfg)  # every row: --models may name one the comparison does not list
+    known = model_names(cfg, comparison)  # every row: --models may name one the comparison does not list
     every = [row.name for row in comparison.rows]
     wanted = every if cfg.plan.models in (["all"], []) else list(cfg.plan.models)
     unknown = [m for m in wanted if m not in known]
