@@ -258,7 +258,9 @@ def _run_unfinished(specs, store, device, data_dir, on_epoch, placement) -> list
             spec.data.loader,
             split,
             indices,
-            LoaderOptions(batch_size, dev, mean, std, train, seed, spec.train.channels_last),
+            LoaderOptions(
+                batch_size, dev, mean, std, train, seed, spec.train.channels_last, data.flip_invariant
+            ),
             beton=betons.get(part),
             rank=rank,
             world=world if train else 1,  # every rank evaluates the whole val and test splits
@@ -299,7 +301,7 @@ def _finish(spec, run_store: RunStore, model, stats: dict, data, splits: Splits,
     test_metrics, outputs = evaluate(model, test, spec, dev)
     labels = {"fine": data.test.fine[splits.test], "coarse": data.test.coarse[splits.test]}
     predicted = {h: z.argmax(1).numpy() for h, z in outputs.items()}
-    if "fine" in predicted:  # a fine prediction implies a coarse one through the hierarchy
+    if "fine" in predicted and data.hierarchical:  # a fine prediction implies a coarse one
         test_metrics["acc_coarse_from_fine"] = float(
             np.mean(data.fine_to_coarse[predicted["fine"]] == labels["coarse"])
         )
@@ -316,6 +318,9 @@ def _finish(spec, run_store: RunStore, model, stats: dict, data, splits: Splits,
         "wall_time_s": wall_s + time.time() - started,
         "workers": world,
         "data_fingerprint": data.fingerprint(),
+        "labels": "hierarchical" if data.hierarchical else "independent",  # independent: no coarse-from-fine
+        "image_size": data.image_size,
+        "augment_flip": data.flip_invariant,
         "split": splits.describe(spec),
         "versions": versions(),
         "spec": spec.to_dict(),

@@ -46,7 +46,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument(
         "--data",
         help="dataset spec: synthetic | cifar10-hier:PATH | cifar10-hier4:PATH | "
-        "cifar100[:PATH] | folder:ROOT:COARSE_MAP.json",
+        "cifar100[:PATH] | navon[:SIZE] | folder:ROOT:COARSE_MAP.json",
     )
     p.add_argument("--backbone", help="hemisphere backbone: resnet9 | vgg11 | resnet18 | resnet34")
     p.add_argument(

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 def augment_batch(
     images: torch.Tensor, generator: torch.Generator, padding: int = 4, flip: bool = True
 ) -> torch.Tensor:
-    """Random 32x32 crops of the reflect-padded batch, each flipped horizontally with p=0.5.
+    """Random HxW crops of the reflect-padded batch, each flipped horizontally with p=0.5 (if flip).
 
     images: float (B, C, H, W). One gather picks every sample's window (and its mirror image).
     """

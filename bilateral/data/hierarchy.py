@@ -1,4 +1,9 @@
-"""Datasets with two label levels: every image has a fine label and the coarse label it implies."""
+"""Datasets with two labels per image, fine and coarse.
+
+Usually a hierarchy: the fine label implies the coarse one (fine_to_coarse). A dataset may instead
+have two independent labels (fine_to_coarse None), such as navon's local and global shape; then
+whatever assumes a hierarchy (coarse-from-fine accuracy) says that it does not apply.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +14,7 @@ import numpy as np
 
 from bilateral.errors import DataError
 
-IMAGE_SHAPE = (32, 32, 3)
+MIN_SIZE = 8  # smallest image side any backbone accepts
 
 Stats = tuple[tuple[float, float, float], tuple[float, float, float]]
 
@@ -18,7 +23,7 @@ Stats = tuple[tuple[float, float, float], tuple[float, float, float]]
 class HierarchicalSplit:
     """One split (train or test): uint8 HWC images with their fine and coarse labels."""
 
-    images: np.ndarray  # uint8 (N, 32, 32, 3)
+    images: np.ndarray  # uint8 (N, S, S, 3); S = 32 for the CIFARs
     fine: np.ndarray  # int64 (N,)
     coarse: np.ndarray  # int64 (N,)
 
@@ -28,14 +33,16 @@ class HierarchicalSplit:
 
 @dataclass(eq=False)
 class HierarchicalDataset:
-    """A train and a test split plus the class names and the fine -> coarse map they share."""
+    """A train and a test split plus the class names and the fine -> coarse map they share (None: the
+    labels are independent). flip_invariant: a horizontal flip keeps both labels (False for glyphs)."""
 
     name: str
     train: HierarchicalSplit
     test: HierarchicalSplit
     fine_names: list[str]
     coarse_names: list[str]
-    fine_to_coarse: np.ndarray  # int64 (num_fine,): coarse index of each fine class
+    fine_to_coarse: np.ndarray | None  # int64 (num_fine,): coarse index of each fine class
+    flip_invariant: bool = True
     _fingerprint: str | None = field(default=None, init=False, repr=False)
     _mean_std: Stats | None = field(default=None, init=False, repr=False)
 
@@ -47,18 +54,27 @@ class HierarchicalDataset:
     def num_coarse(self) -> int:
         return len(self.coarse_names)
 
+    @property
+    def hierarchical(self) -> bool:
+        """True when the fine label implies the coarse one; False for independent labels."""
+        return self.fine_to_coarse is not None
+
+    @property
+    def image_size(self) -> int:
+        return int(self.train.images.shape[1])
+
     def validate(self) -> None:
         """Raise DataError unless arrays, names and labels are mutually consistent.
 
         Every loader calls this, so a model never trains on labels that disagree with the map.
         """
         f2c = self.fine_to_coarse
-        if f2c.dtype != np.int64 or f2c.shape != (self.num_fine,):
+        if f2c is not None and (f2c.dtype != np.int64 or f2c.shape != (self.num_fine,)):
             raise DataError(
                 f"{self.name}: fine_to_coarse has dtype {f2c.dtype} and shape {f2c.shape}, "
                 f"expected int64 ({self.num_fine},). Fix: rebuild it with fine_to_coarse_from_map."
             )
-        if self.num_fine and (f2c.min() < 0 or f2c.max() >= self.num_coarse):
+        if f2c is not None and self.num_fine and (f2c.min() < 0 or f2c.max() >= self.num_coarse):
             raise DataError(
                 f"{self.name}: fine_to_coarse points outside the {self.num_coarse} coarse classes. "
                 "Fix: make every fine class map to an existing coarse class."
@@ -69,10 +85,13 @@ class HierarchicalDataset:
     def _validate_split(self, split_name: str, split: HierarchicalSplit) -> None:
         where = f"{self.name} {split_name}"
         n = len(split.images)
-        if split.images.dtype != np.uint8 or split.images.shape[1:] != IMAGE_SHAPE:
+        shape = split.images.shape
+        size = self.train.images.shape[1] if self.train.images.ndim == 4 else 32
+        if split.images.dtype != np.uint8 or shape[1:] != (size, size, 3) or size < MIN_SIZE:
             raise DataError(
-                f"{where}: images have dtype {split.images.dtype} and shape {split.images.shape}, "
-                f"expected uint8 (N, 32, 32, 3). Fix: decode the images as 32x32 RGB uint8."
+                f"{where}: images have dtype {split.images.dtype} and shape {shape}, expected uint8 "
+                f"(N, S, S, 3) with one side S >= {MIN_SIZE} for both splits. Fix: decode the images "
+                "as square RGB uint8 of one size (32x32 for the CIFARs)."
             )
         for level, labels, count in (
             ("fine", split.fine, self.num_fine),
@@ -88,6 +107,8 @@ class HierarchicalDataset:
                     f"{where}: {level} labels fall outside 0..{count - 1}. "
                     f"Fix: check the labels against the {count} {level} class names."
                 )
+        if self.fine_to_coarse is None:
+            return
         bad = np.flatnonzero(split.coarse != self.fine_to_coarse[split.fine])
         if bad.size:
             i = int(bad[0])
@@ -105,7 +126,8 @@ class HierarchicalDataset:
         if self._fingerprint is None:
             h = hashlib.sha256()
             h.update("\n".join([self.name, *self.fine_names, "|", *self.coarse_names]).encode())
-            h.update(np.ascontiguousarray(self.fine_to_coarse).tobytes())
+            if self.fine_to_coarse is not None:  # independent labels: nothing, as before for the rest
+                h.update(np.ascontiguousarray(self.fine_to_coarse).tobytes())
             for split in (self.train, self.test):
                 for array in (split.images, split.fine, split.coarse):
                     h.update(str(array.shape).encode())

@@ -28,6 +28,7 @@ class LoaderOptions:
     train: bool  # shuffle, augment, drop the last incomplete batch
     seed: int = 0  # data order and augmentation of epoch e are a function of (seed, e)
     channels_last: bool = False
+    flip: bool = True  # False where a mirror image changes a label (HierarchicalDataset.flip_invariant)
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -72,6 +73,7 @@ class DeviceLoader:
         self.train = opts.train
         self.seed = opts.seed
         self.channels_last = opts.channels_last
+        self.flip = opts.flip
         self.epoch = 0
 
     @property
@@ -102,7 +104,7 @@ class DeviceLoader:
             idx = order[i * self.batch_size : (i + 1) * self.batch_size]
             x = normalize(self.images[idx], self.mean, self.std)
             if self.train:
-                x = augment_batch(x, generator)
+                x = augment_batch(x, generator, flip=self.flip)
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             yield x, self.fine[idx], self.coarse[idx]

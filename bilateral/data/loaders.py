@@ -56,6 +56,12 @@ def make_loader(
     """
     if kind == "memory":
         return DeviceLoader(split, indices, opts)
+    size = split.images.shape[1]
+    if size != 32 or not opts.flip:
+        raise ConfigError(
+            f"data.loader={kind} crops and flips 32x32 images, and this data is {size}x{size}"
+            f"{'' if opts.flip else ' with labels a flip changes'}. Fix: use data.loader=memory"
+        )
     if kind == "torch":
         from bilateral.data.torch_loader import TorchLoader
 

@@ -8,6 +8,8 @@ from bilateral.data.cifar10 import ARCHIVE, COARSE_MAPS, load_cifar10
 from bilateral.data.cifar100 import download_cifar100, load_cifar100, locate_cifar100
 from bilateral.data.folders import read_coarse_map, read_image_tree, resolve_source
 from bilateral.data.hierarchy import HierarchicalDataset
+from bilateral.data.navon import CLASSES as NAVON_CLASSES
+from bilateral.data.navon import check_size, make_navon
 from bilateral.data.synthetic import PATTERNS, TEXTURES, make_synthetic
 from bilateral.errors import ConfigError
 
@@ -18,6 +20,9 @@ SPECS = {
     "cifar10-hier4:<path>": "the same images with 4 coarse classes",
     "cifar100": "CIFAR-100 downloaded through torchvision into the cache dir",
     "cifar100:<path>": "CIFAR-100 from a local cifar-100-python folder (or its parent)",
+    "navon": "Navon figures of real handwritten digits, 32x32: local (fine) and global (coarse) "
+    "digit, independent labels",
+    "navon:<size>": "the same at size x size pixels (e.g. navon:64)",
     "folder:<root>:<coarse_map.json>": "image folders root/{train,test}/<fine class>/*.jpg|png "
     "(or a .tar.gz of them) with a {coarse: [fine, ...]} JSON map",
 }
@@ -32,6 +37,8 @@ def load_dataset(spec: str, cache_dir: str | Path = "data", verify_md5: bool = T
     cache_dir = Path(cache_dir)
     if name == "synthetic":
         dataset = make_synthetic()
+    elif name == "navon":
+        dataset = make_navon(_navon_size(spec))
     elif name in COARSE_MAPS:
         dataset = load_cifar10(name, paths[0], cache_dir)
     elif name == "cifar100" and paths:
@@ -50,7 +57,9 @@ def check_dataset_spec(spec: str) -> None:
     """What --dry-run can say of a spec without decoding any image: its form is known and what it
     names exists in a form the loader reads (DataError or ConfigError otherwise)."""
     name, paths = _parse(spec)
-    if name in COARSE_MAPS:
+    if name == "navon":
+        _navon_size(spec)
+    elif name in COARSE_MAPS:
         resolve_source(paths[0], ARCHIVE)
     elif name == "cifar100" and paths:
         locate_cifar100(paths[0])
@@ -65,6 +74,8 @@ def class_counts(spec: str) -> tuple[int, int] | None:
     name, paths = _parse(spec)
     if name == "synthetic":
         return len(TEXTURES) * len(PATTERNS), len(TEXTURES)
+    if name == "navon":
+        return NAVON_CLASSES, NAVON_CLASSES
     if name in COARSE_MAPS:
         return sum(len(f) for f in COARSE_MAPS[name].values()), len(COARSE_MAPS[name])
     if name == "cifar100":
@@ -77,6 +88,8 @@ def _parse(spec: str) -> tuple[str, list[Path]]:
     name, _, argument = spec.partition(":")
     if name == "synthetic" and not argument:
         return name, []
+    if name == "navon" and (not argument or argument.isdigit()):
+        return name, []
     if name in COARSE_MAPS and argument:
         return name, [Path(argument)]
     if name == "cifar100":
@@ -85,6 +98,13 @@ def _parse(spec: str) -> tuple[str, list[Path]]:
         root, coarse_map = argument.rsplit(":", 1)
         return name, [Path(root), Path(coarse_map)]
     raise ConfigError(_bad_spec(spec, name))
+
+
+def _navon_size(spec: str) -> int:
+    argument = spec.partition(":")[2]
+    size = int(argument) if argument else 32
+    check_size(size)
+    return size
 
 
 def _bad_spec(spec: str, name: str) -> str:
