@@ -16,6 +16,7 @@ from bilateral.comparison import Comparison, Row, load_comparison
 from bilateral.config import DataConfig, ModelConfig, OptimConfig, SweepConfig, TrainConfig
 from bilateral.errors import ConfigError
 from bilateral.kinds import Kind, all_kinds, kind_of, load_kind_modules
+from bilateral.models.registry import UNFUSABLE
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,11 @@ class RunSpec:
     def model_name(self) -> str:
         """The row this run belongs to in summary.csv."""
         return self.row or self.kind_spec.row_name(self)
+
+    @property
+    def backbones(self) -> list[str]:
+        """The distinct backbones of the run's network (left first)."""
+        return list(dict.fromkeys([self.backbone, self.right_backbone or self.backbone]))
 
     @property
     def backbone_name(self) -> str:
@@ -77,7 +83,7 @@ class RunSpec:
     def fusion_key(self) -> str | None:
         """Runs with equal keys differ only in seed and pool member: same architecture, data and
         hyperparameters, so they can train as one fused network (--fuse). None: never fused."""
-        if not self.trains or not self.kind_spec.fusable:
+        if not self.trains or not self.kind_spec.fusable or set(self.backbones) & UNFUSABLE:
             return None
         fields = {k: v for k, v in self.to_dict().items() if k not in ("seed", "member", "depends_on")}
         return json.dumps(fields, sort_keys=True)

@@ -52,6 +52,7 @@ from bilateral.models.fused import (
     unfuse,
     unfuse_optimizer_state,
 )
+from bilateral.models.profile import profile_backbone
 from bilateral.placement import Placement, check_device
 from bilateral.store import RunStore, SweepStore
 
@@ -320,6 +321,7 @@ def _finish(spec, run_store: RunStore, model, stats: dict, data, splits: Splits,
         "data_fingerprint": data.fingerprint(),
         "labels": "hierarchical" if data.hierarchical else "independent",  # independent: no coarse-from-fine
         "image_size": data.image_size,
+        "substrates": {b: profile_backbone(b, spec.model.width, data.image_size) for b in spec.backbones},
         "augment_flip": data.flip_invariant,
         "split": splits.describe(spec),
         "versions": versions(),

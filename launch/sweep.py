@@ -21,10 +21,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # ray_jobs/ and slurm/ sit beside launch/
 
 from bilateral.config import PRESETS, SweepConfig, load_config, parse_seeds, to_dict
-from bilateral.data.sources import check_dataset_spec, class_counts
+from bilateral.data.sources import check_dataset_spec, class_counts, image_size_of
 from bilateral.errors import BilateralError, ConfigError
 from bilateral.experiment import Plan, build_plan, group_name
 from bilateral.extras import require
+from bilateral.models.registry import BACKBONES
 from bilateral.placement import local_offer, place
 from bilateral.report import markdown, paired_differences, runs_table, summarize, write_report
 from bilateral.store import SweepStore
@@ -48,7 +49,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="dataset spec: synthetic | cifar10-hier:PATH | cifar10-hier4:PATH | "
         "cifar100[:PATH] | navon[:SIZE] | folder:ROOT:COARSE_MAP.json",
     )
-    p.add_argument("--backbone", help="hemisphere backbone: resnet9 | vgg11 | resnet18 | resnet34")
+    p.add_argument("--backbone", help=f"hemisphere backbone: {' | '.join(BACKBONES)}")
     p.add_argument(
         "--loader",
         choices=["memory", "ffcv", "torch"],
@@ -138,9 +139,27 @@ def rows_table(plan: Plan, data_spec: str) -> str:
             trains = "all but the hemispheres"
         deps = sorted({by_id[d].model_name for d in spec.depends_on})
         needs = f"  <- {', '.join(deps)}" if deps else ""
-        row = f"  {name:28} {spec.kind:24} {spec.backbone_name:16} params {params:>11}"
+        row = f"  {name:28} {spec.kind:24} {spec.backbone_name:24} params {params:>11}"
         lines.append(f"{row}  trains {trains}{needs}")
-    return "\n".join(lines)
+    return "\n".join(lines + substrates_table(plan, data_spec))
+
+
+def substrates_table(plan: Plan, data_spec: str) -> list[str]:
+    """Each backbone of the plan as a substrate: parameters, FLOPs and receptive field at this data's
+    image size (bilateral.models.profile)."""
+    from bilateral.models.profile import profile_backbone
+
+    size = image_size_of(data_spec)
+    lines = [f"backbones at {size}x{size} (receptive field of the last feature map, untrained):"]
+    widths = {s.model.width for s in plan.runs}
+    for name in sorted({b for s in plan.runs if s.trains for b in s.backbones}):
+        for width in sorted(widths):
+            p = profile_backbone(name, width, size)
+            lines.append(
+                f"  {name:16} width {width:<6g} params {p['params']:>11,}  MFLOPs {p['flops'] / 1e6:>9.1f}  "
+                f"rf {p['rf_px']:>3} px  effective rf {p['rf_effective_px']:>3} px"
+            )
+    return lines
 
 
 class LocalBackend:

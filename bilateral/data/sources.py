@@ -83,6 +83,12 @@ def class_counts(spec: str) -> tuple[int, int] | None:
     return None
 
 
+def image_size_of(spec: str) -> int:
+    """The image side of a spec's data without decoding it (every source but navon is 32x32)."""
+    name, _ = _parse(spec)
+    return _navon_size(spec) if name == "navon" else 32
+
+
 def _parse(spec: str) -> tuple[str, list[Path]]:
     """(name, the paths it names) of a well-formed spec; ConfigError for any other."""
     name, _, argument = spec.partition(":")

@@ -8,10 +8,11 @@ def scale(channels: int, width: float) -> int:
     return max(1, round(channels * width))
 
 
-def conv_bn_relu(c_in: int, c_out: int, bn_momentum: float) -> nn.Sequential:
-    """3x3 conv (no bias: BatchNorm's shift replaces it), BatchNorm, ReLU."""
+def conv_bn_relu(c_in: int, c_out: int, bn_momentum: float, dilation: int = 1) -> nn.Sequential:
+    """3x3 conv (no bias: BatchNorm's shift replaces it; dilated: as many weights, wider taps),
+    BatchNorm, ReLU."""
     return nn.Sequential(
-        nn.Conv2d(c_in, c_out, 3, padding=1, bias=False),
+        nn.Conv2d(c_in, c_out, 3, padding=dilation, dilation=dilation, bias=False),
         nn.BatchNorm2d(c_out, momentum=bn_momentum),
         nn.ReLU(inplace=True),
     )

@@ -6,19 +6,29 @@ from torch import nn
 
 from bilateral.errors import ConfigError
 from bilateral.models.cifar_resnet import resnet18, resnet34
-from bilateral.models.resnet9 import ResNet9
+from bilateral.models.resnet9 import ResNet9, resnet9_dilated
 from bilateral.models.vgg import VGG11
+
+
+def _vit_small(width: float = 1.0, bn_momentum: float = 0.1) -> nn.Module:
+    from bilateral.models.vit import ViTSmall  # timm is imported only by the runs that use it
+
+    return ViTSmall(width, bn_momentum)
+
 
 BACKBONES: dict[str, Callable[..., nn.Module]] = {
     "resnet9": ResNet9,
+    "resnet9-dilated": resnet9_dilated,
+    "vit-small": _vit_small,
     "vgg11": VGG11,
     "resnet18": resnet18,
     "resnet34": resnet34,
 }
+UNFUSABLE = {"vit-small"}  # --fuse lays K nets side by side in grouped convolutions; attention has none
 
 
 def build_backbone(name: str, width: float = 1.0, bn_momentum: float = 0.1) -> nn.Module:
-    """A backbone mapping (B, 3, 32, 32) -> (B, out_dim), with `out_dim` and `gradcam_layers`.
+    """A backbone mapping (B, 3, S, S) -> (B, out_dim), with `out_dim` and `gradcam_layers`.
 
     width multiplies every channel count (for CPU-sized runs; 1.0 is the paper's size).
     bn_momentum follows PyTorch's convention (weight of the new batch): the default 0.1 is
