@@ -326,3 +326,13 @@ def test_the_callosal_comparison_runs_on_ray(tmp_path, ray_cluster):
     summary = pd.read_csv(tmp_path / "summary.csv").set_index("model")
     assert set(rows.split(",")) <= set(summary.index), proc.stderr[-2000:]
     assert (summary.loc[rows.split(","), "seeds"] == 2).all() and len(rows.split(",")) == 6
+
+
+def test_vit_hemispheres_on_navon_run_on_ray(tmp_path, ray_cluster):
+    rows = ["specialised-local-vit", "unilateral-vit"]
+    args = ["--cluster", "ray", "--address", ray_cluster["address"], "--experiment", "substrate"]
+    proc = sweep(tmp_path, *args, "--models", ",".join(rows), "--data", "navon", "train.epochs=1")
+    summary = pd.read_csv(tmp_path / "summary.csv")
+    assert set(rows) <= set(summary["model"]), proc.stderr[-2000:]
+    trained = set(zip(summary["model"], summary["backbone"], summary["seeds"], strict=True))
+    assert {("hemisphere-coarse", "vit-small", 2), ("unilateral-vit", "vit-small", 2)} <= trained

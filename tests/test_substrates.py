@@ -1,12 +1,17 @@
 """Backbones that differ in receptive field at about equal parameter count, and their profiles."""
 
+import json
+import subprocess
+
+import pandas as pd
 import pytest
 import torch
 
+from bilateral.comparison import load_comparison
 from bilateral.experiment import build_plan
 from bilateral.models import build_backbone, count_parameters
 from bilateral.models.profile import profile_backbone
-from tests.conftest import tiny_config
+from tests.conftest import REPO, sweep_cmd, tiny_config
 
 SUBSTRATES = ("resnet9", "resnet9-dilated", "vit-small")
 
@@ -53,3 +58,31 @@ def test_a_vit_run_is_never_fused():
     assert spec.fusion_key is None
     (cnn,) = build_plan(tiny_config("plan.models=[hemisphere-fine]")).runs
     assert cnn.fusion_key is not None
+
+
+def test_the_substrate_comparison_on_navon_gives_a_row_per_comparison_row_and_its_analysis(tmp_path):
+    from bilateral.analysis import run_analysis
+
+    args = ["--experiment", "substrate", "--data", "navon", "--seeds", "0", "train.epochs=1"]
+    proc = subprocess.run(sweep_cmd(tmp_path, *args), capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = pd.read_csv(tmp_path / "summary.csv")
+    rows = {r.name for r in load_comparison("substrate").rows}
+    assert rows <= set(summary["model"])
+    hemispheres = summary[summary["model"] == "hemisphere-coarse"]
+    assert set(hemispheres["backbone"]) == {"resnet9", "resnet9-dilated", "vit-small"}
+    record = json.loads(
+        next((tmp_path / "t" / "runs").glob("specialised-local-vit-*/record.json")).read_text()
+    )
+    assert set(record["substrates"]) == {"resnet9", "vit-small"}
+    assert record["substrates"]["vit-small"]["rf_px"] == 32 and record["labels"] == "independent"
+    assert "test_acc_coarse_from_fine" not in record
+
+    parts = ["scenarios", "gradcam", "similarity", "attribution"]
+    data_dir = tiny_config().data_dir
+    result = run_analysis(tmp_path / "t", device="cpu", data_dir=data_dir, parts=parts, gradcam_images=40)
+    assert result.errors == {} and result.done == parts
+    report = result.report.read_text()
+    assert "labels are independent" in report and "coarse-from-fine accuracy does not apply" in report
+    spread = pd.read_csv(result.out / "gradcam_spread.csv")
+    assert {"specialised-local-vit", "specialised-vit-local"} <= set(spread["source"])

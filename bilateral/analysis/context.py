@@ -102,6 +102,15 @@ class SweepContext:
         records, self.damaged = self.store.read_records()
         records = [r for r in records if _analysed(r["spec"]) and r.get("member", 0) == 0]
         self.notes += [f"{run_id} left out: {why}" for run_id, why in self.damaged.items()]
+        # navon-like data: two independent labels, no fine -> coarse map (bilateral.data.hierarchy)
+        self.independent_labels = any(r.get("labels") == "independent" for r in records)
+        if self.independent_labels:
+            self.notes.append(
+                "the fine and coarse labels are independent (e.g. navon: the local and the global "
+                "digit), not a hierarchy: coarse-from-fine accuracy does not apply and is not computed; "
+                "the scenarios, Grad-CAM and attribution apply as they are; similarity pairs share the "
+                "fine label only, their coarse labels are as often different as for random pairs"
+            )
         by_id = {r["run_id"]: r for r in records}
         rows = {
             r["model"] for r in records if kind_of(r["kind"], r["spec"].get("plugin", "")).role == "bilateral"

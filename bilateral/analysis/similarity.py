@@ -171,7 +171,13 @@ def run(ctx: SweepContext, out: Path, plot_points: int = 3000) -> Section:
         + ", ".join(f"seed {s}: `{src}`" for s, src in sources.items() if src)
         + f". The {UNSPECIALISED} net is used when there is one because a specialised net's "
         "features are exactly `concat` (its hemispheres are the frozen hemisphere runs; see the checks "
-        "below). Pairs are grouped by scenario when both images are in it.",
+        "below). Pairs are grouped by scenario when both images are in it."
+        + (
+            " The labels are independent here (no hierarchy): a same-fine-label pair shares its "
+            "local class only, so `right` (trained on the other label) has no reason to group it."
+            if ctx.independent_labels
+            else ""
+        ),
         "",
         "Mean similarity (mean ± std over seeds of each seed's mean over pairs), and the mean "
         "left-right correlation over pairs:",
