@@ -14,6 +14,7 @@ EXTRA_OF = {
     "ffcv": "ffcv",
     "pytorch_grad_cam": "analysis",
     "matplotlib": "analysis",
+    "lightly": "unsupervised",
 }
 
 

@@ -247,7 +247,8 @@ def _run_unfinished(specs, store, device, data_dir, on_epoch, placement) -> list
         "placement": placement.to_dict() if placement is not None else None,
     }
     prepared = time.perf_counter()
-    data = load_data(spec.data.source, data_dir, spec.data.verify_md5)
+    source = load_data(spec.data.source, data_dir, spec.data.verify_md5)
+    data = spec.kind_spec.dataset(spec, store, source, dev)  # e.g. coarse labels replaced by clusters
     splits = make_splits(data, spec)
     check_batches(splits, spec)
     mean, std = data.mean_std()
@@ -284,6 +285,7 @@ def _run_unfinished(specs, store, device, data_dir, on_epoch, placement) -> list
             model,
             {**stats, **resources, "fused_with": fused_with},
             data,
+            source.fingerprint(),
             splits,
             val,
             test,
@@ -293,13 +295,22 @@ def _run_unfinished(specs, store, device, data_dir, on_epoch, placement) -> list
     ]
 
 
-def _finish(spec, run_store: RunStore, model, stats: dict, data, splits: Splits, val, test, dev) -> dict:
-    """Validate and test the chosen checkpoint once; rank 0 writes the predictions and the record."""
+def _finish(
+    spec, run_store: RunStore, model, stats: dict, data, fingerprint: str, splits: Splits, val, test, dev
+) -> dict:
+    """Validate and test the chosen checkpoint once; rank 0 writes the predictions and the record.
+    fingerprint is the source data's (the analysis checks it), before a kind replaced any labels."""
     rank, world = rank_and_world()
     started = time.time()
     wall_s = stats.pop("wall_s")
     val_metrics, _ = evaluate(model, val, spec, dev)
     test_metrics, outputs = evaluate(model, test, spec, dev)
+    relabelled = data.fingerprint() != fingerprint
+    if relabelled:  # its coarse head learnt other labels (say, clusters): no coarse accuracy to compare
+        val_metrics, test_metrics = (
+            {k.replace("_coarse", "_relabelled"): v for k, v in m.items()}
+            for m in (val_metrics, test_metrics)
+        )
     labels = {"fine": data.test.fine[splits.test], "coarse": data.test.coarse[splits.test]}
     predicted = {h: z.argmax(1).numpy() for h, z in outputs.items()}
     if "fine" in predicted and data.hierarchical:  # a fine prediction implies a coarse one
@@ -318,7 +329,8 @@ def _finish(spec, run_store: RunStore, model, stats: dict, data, splits: Splits,
         **stats,
         "wall_time_s": wall_s + time.time() - started,
         "workers": world,
-        "data_fingerprint": data.fingerprint(),
+        "data_fingerprint": fingerprint,
+        "relabelled": data.name if relabelled else None,
         "labels": "hierarchical" if data.hierarchical else "independent",  # independent: no coarse-from-fine
         "image_size": data.image_size,
         "substrates": {b: profile_backbone(b, spec.model.width, data.image_size) for b in spec.backbones},
@@ -369,9 +381,17 @@ def lr_at(spec: RunSpec, step: int, total_steps: int) -> float:
 
 
 def loss_fn(outputs: dict[str, torch.Tensor], fine: torch.Tensor, coarse: torch.Tensor, smoothing: float):
-    """CE(fine) + CE(coarse) over the heads the model has."""
+    """CE(fine) + CE(coarse) over the heads the model has, plus the loss a model computes itself
+    ("loss": e.g. a self-supervised one, bilateral.models.ssl)."""
     labels = {"fine": fine, "coarse": coarse}
-    return sum(F.cross_entropy(outputs[h].float(), labels[h], label_smoothing=smoothing) for h in outputs)
+    terms = [
+        F.cross_entropy(outputs[h].float(), labels[h], label_smoothing=smoothing)
+        for h in HEADS
+        if h in outputs
+    ]
+    if "loss" in outputs:
+        terms.append(outputs["loss"].float())
+    return sum(terms)
 
 
 def _autocast(precision: str, dev: torch.device):
@@ -647,9 +667,10 @@ def _progress_row(rows: list[dict], epochs: int) -> dict:
 
 
 def selection_score(val_metrics: dict) -> float:
-    """Mean validation accuracy over the model's heads: what picks checkpoints and ensemble members."""
+    """Mean validation accuracy over the model's heads: what picks checkpoints and ensemble members.
+    A model without heads (self-supervised) is picked by its own validation loss, lowest first."""
     accs = [val_metrics[f"acc_{h}"] for h in HEADS if f"acc_{h}" in val_metrics]
-    return float(np.mean(accs))
+    return float(np.mean(accs)) if accs else -val_metrics["loss_model"]
 
 
 def _assemble_ensemble(spec: RunSpec, store: SweepStore, data, dev) -> tuple[nn.Module, dict]:
@@ -694,21 +715,27 @@ def evaluate_members(
     model.eval()
     logits: list[dict[str, list[torch.Tensor]]] = [{} for _ in range(k)]
     labels: dict[str, list[torch.Tensor]] = {"fine": [], "coarse": []}
+    model_loss: list[list[torch.Tensor]] = [[] for _ in range(k)]  # a model's own loss, image-weighted
     for x, fine, coarse in loader:
         outputs = model(stack_inputs([x] * k) if k > 1 else x)
-        for member, out in zip(logits, _per_member(outputs, k), strict=True):
+        for j, out in enumerate(_per_member(outputs, k)):
             for h, z in out.items():
-                member.setdefault(h, []).append(z.float())
+                if h == "loss":
+                    model_loss[j].append(z.detach().float() * len(x))
+                else:
+                    logits[j].setdefault(h, []).append(z.float())
         labels["fine"].append(fine)
         labels["coarse"].append(coarse)
     truth = {h: torch.cat(v).cpu() for h, v in labels.items()}
     results = []
-    for member in logits:
+    for member, own_loss in zip(logits, model_loss, strict=True):
         out = {h: torch.cat(v).cpu() for h, v in member.items()}
         metrics = {}
         for h, z in out.items():
             metrics[f"acc_{h}"] = float((z.argmax(1) == truth[h]).float().mean())
             metrics[f"loss_{h}"] = float(F.cross_entropy(z, truth[h]))
+        if own_loss:
+            metrics["loss_model"] = float(torch.stack(own_loss).sum()) / len(truth["fine"])
         metrics["score"] = selection_score(metrics)
         results.append((metrics, out))
     return results

@@ -54,7 +54,13 @@ def analysed(sweep):
 
 def test_every_part_runs_and_the_report_embeds_existing_figures(analysed):
     root, result = analysed
-    assert result.errors == {} and result.done == ["scenarios", "gradcam", "similarity", "attribution"]
+    assert result.errors == {} and result.done == [
+        "scenarios",
+        "gradcam",
+        "similarity",
+        "attribution",
+        "probes",
+    ]
     assert result.out == root / "analysis"
     report = result.report.read_text()
     figures = [line[line.index("](") + 2 : -1] for line in report.splitlines() if line.startswith("![")]
@@ -62,7 +68,7 @@ def test_every_part_runs_and_the_report_embeds_existing_figures(analysed):
     for fig in figures:
         assert (result.out / fig).stat().st_size > 10_000, fig
     assert "FAILED" not in report  # recomputed predictions agree with predictions.npz
-    for name in ("scenario_counts", "gradcam_spread", "similarity_summary", "attribution"):
+    for name in ("scenario_counts", "gradcam_spread", "similarity_summary", "attribution", "probes"):
         assert not pd.read_csv(result.out / f"{name}.csv").empty
 
 

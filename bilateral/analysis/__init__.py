@@ -8,6 +8,7 @@ Parts (each its own module; run_analysis(parts=...) picks some):
   gradcam      Grad-CAM of each hemisphere alone and of the bilateral heads; map spread; image grids
   similarity   cosine similarity of same-class pairs in left / right / concat / bilateral features
   attribution  each bilateral head's reliance on each hemisphere (weight norms, gradient x input)
+  probes       linear probes of each hemisphere's validation features for the fine and coarse labels
 
 A part that cannot run on the sweep (say, no bilateral run finished) is reported in report.md with
 what to train; the other parts still run.
@@ -30,7 +31,7 @@ from bilateral.errors import BilateralError
 from bilateral.extras import require
 
 log = logging.getLogger(__name__)
-PARTS = ("scenarios", "gradcam", "similarity", "attribution")
+PARTS = ("scenarios", "gradcam", "similarity", "attribution", "probes")
 LIBRARIES = ("matplotlib", "pytorch_grad_cam")  # the `analysis` extra: figures, Grad-CAM
 
 __all__ = ["PARTS", "AnalysisError", "AnalysisResult", "analyze_sweep", "run_analysis"]
@@ -61,7 +62,7 @@ def run_analysis(
     """
     for module in LIBRARIES:
         require(module, "the analysis (figures, Grad-CAM)")
-    from bilateral.analysis import attribution, gradcam, scenarios, similarity
+    from bilateral.analysis import attribution, gradcam, probes, scenarios, similarity
 
     parts = list(PARTS if parts is None else parts)
     unknown = [p for p in parts if p not in PARTS]
@@ -75,6 +76,7 @@ def run_analysis(
         "gradcam": lambda: gradcam.run(ctx, out, max_images=gradcam_images),
         "similarity": lambda: similarity.run(ctx, out),
         "attribution": lambda: attribution.run(ctx, out),
+        "probes": lambda: probes.run(ctx, out),
     }
     result = AnalysisResult(out=out, report=out / "report.md", damaged=ctx.damaged)
     sections: list[Section] = []

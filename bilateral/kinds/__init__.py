@@ -14,7 +14,7 @@ import importlib
 
 from bilateral.kinds.registry import Kind, Role, all_kinds, kind_of, load_kind_modules, register, with_role
 
-for _module in ("hemispheres", "bilateral_nets", "baselines", "callosal"):  # plan order
+for _module in ("hemispheres", "bilateral_nets", "baselines", "callosal", "unsupervised"):  # plan order
     importlib.import_module(f"bilateral.kinds.{_module}")
 
 __all__ = ["Kind", "Role", "all_kinds", "kind_of", "load_kind_modules", "register", "with_role"]

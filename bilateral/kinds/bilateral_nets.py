@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from bilateral.errors import CheckpointError
 from bilateral.kinds.hemispheres import LEFT, RIGHT
-from bilateral.kinds.registry import Kind, kind_of, register
+from bilateral.kinds.registry import Kind, register
 from bilateral.models import BilateralNet, build_backbone, load_state_strict
 
 
@@ -42,8 +42,9 @@ class Specialised(Bilateral):
 
 
 def attach_hemispheres(spec, store, model) -> None:
-    """Load the best checkpoints of the run's hemisphere dependencies into model.left / model.right."""
-    for dep_id in spec.depends_on:
+    """Load the best checkpoints of the run's two hemisphere dependencies, in order, into model.left
+    and model.right (the backbone alone: a hemisphere's heads or projection stay behind)."""
+    for dep_id, side in zip(spec.depends_on, (model.left, model.right), strict=True):
         dep = store.run(dep_id)
         if not dep.is_finished():
             raise CheckpointError(
@@ -51,9 +52,6 @@ def attach_hemispheres(spec, store, model) -> None:
                 "sweep so that it trains first"
             )
         state = dep.load_checkpoint("best")["model"]
-        record = dep.read_record()
-        role = kind_of(record["kind"], record["spec"].get("plugin", "")).role
-        side = model.left if role == "left" else model.right
         backbone = {k.removeprefix("backbone."): v for k, v in state.items() if k.startswith("backbone.")}
         load_state_strict(side, backbone, source=str(dep.path("checkpoints/best.pt")))
 

@@ -17,9 +17,11 @@ from typing import TYPE_CHECKING, ClassVar, Literal
 from bilateral.errors import ConfigError
 
 if TYPE_CHECKING:
+    import torch
     from torch import nn
 
     from bilateral.config import OptimConfig, SweepConfig
+    from bilateral.data import HierarchicalDataset
     from bilateral.experiment import PlanBuilder, RunSpec
     from bilateral.store import SweepStore
 
@@ -63,6 +65,12 @@ class Kind:
 
     def weight_decay(self, optim: OptimConfig) -> float:
         return optim.weight_decay
+
+    def dataset(
+        self, spec: RunSpec, store: SweepStore, data: HierarchicalDataset, device: torch.device
+    ) -> HierarchicalDataset:
+        """The data the run trains and is tested on: the source's, unless the kind replaces labels."""
+        return data
 
     def trains_backbones(self, spec: RunSpec) -> bool:
         """False: the backbones stay frozen and a step is a forward without their backward."""
