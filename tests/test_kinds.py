@@ -9,12 +9,13 @@ import pytest
 import torch
 
 from bilateral.assemble import build_model
+from bilateral.comparison import load_comparison, shipped
 from bilateral.config import load_config
 from bilateral.errors import ConfigError
 from bilateral.experiment import RunSpec, build_plan, model_names
 from bilateral.kinds import all_kinds
 from bilateral.store import SweepStore
-from tests.conftest import REPO, sweep_cmd
+from tests.conftest import REPO, sweep_cmd, tiny_config
 
 
 def test_the_paper_kinds_are_declared_in_plan_order_with_their_roles():
@@ -106,3 +107,15 @@ def test_bad_comparison_files_are_clear_errors(tmp_path, text, message):
     with pytest.raises(ConfigError) as error:
         build_plan(load_config("smoke", overrides=[f"plan.experiment={path}"]))
     assert message in str(error.value)
+
+
+@pytest.mark.parametrize("name", shipped())
+def test_every_shipped_comparison_builds_a_plan_with_a_run_of_each_row(name):
+    cfg = tiny_config(f"plan.experiment={name}", "data.source=navon")
+    plan = build_plan(cfg)
+    rows = [row for row in load_comparison(name).rows if row.name != "ensemble"]  # a kind: its rows
+    for row in rows:  # each row alone brings its own runs and dependencies
+        alone = build_plan(
+            tiny_config(f"plan.experiment={name}", "data.source=navon", f"plan.models=[{row.name}]")
+        )
+        assert {s.run_id for s in alone.runs} <= {s.run_id for s in plan.runs} and alone.runs
