@@ -22,6 +22,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 from typing import Any
 
 import torch.distributed as dist
@@ -32,6 +33,8 @@ log = logging.getLogger(__name__)
 PEER_FAILED_EXIT = 75  # exit status of a rank ended because another rank failed
 PEER_SILENCE_S = 30.0  # a peer's heartbeat still for this long: the peer is dead
 BEAT_S = 2.0  # heartbeat period: world - 1 store reads per rank each time, so not every poll
+POLL_S = 0.5  # how often each rank's watcher looks for a peer's failure
+ECHO_WAIT_S = 5.0  # how long an echoing rank waits for the first failure's text, to print it
 
 
 class RankFailed(BilateralError):
@@ -55,11 +58,15 @@ def from_rank0(make: Callable[[], Any]) -> Any:
 
 
 @contextlib.contextmanager
-def fail_together(name: str, record: Callable[[str], None], poll_s: float = 0.5) -> Iterator[None]:
+def fail_together(name: str, record: Callable[[str], None], poll_s: float | None = None) -> Iterator[None]:
     """Run the body on every rank of the group; a failure on any rank ends it on all of them.
 
     record(text) keeps the first failing rank's error (the run's error.txt); the failing rank
-    raises RankFailed, the others exit with PEER_FAILED_EXIT."""
+    raises RankFailed, the others exit with PEER_FAILED_EXIT. A rank that raises after a peer's
+    failure was published is an echo of it (gloo's "connection closed by peer" when the failed
+    rank's process ends before this rank's watcher looked) and exits the same way, so that neither
+    its error nor its caller's handler takes the place of the cause."""
+    poll_s = POLL_S if poll_s is None else poll_s
     rank, world = rank_and_world()
     if world == 1:
         yield
@@ -114,12 +121,28 @@ def fail_together(name: str, record: Callable[[str], None], poll_s: float = 0.5)
         done.set()  # this rank's own watcher must not end it once its failure is published
         text = f"rank {rank} of {world} failed: {describe_failure(exc)}"
         try:
-            if store.add(first, 1) == 1:  # the first failure is the cause; later ones are echoes
-                record(text)
-                store.set(key, text[-8000:])
+            cause = store.add(first, 1) == 1  # the first failure is the cause; later ones are echoes
         except Exception:  # the store is gone: the peers end on their own
             record(text)
+            raise RankFailed(text) from exc
+        if not cause:
+            _end_as_echo(store, key, rank, world, text)
+        record(text)
+        store.set(key, text[-8000:])
         raise RankFailed(text) from exc
     finally:
         done.set()
         watcher.join()
+
+
+def _end_as_echo(store, key: str, rank: int, world: int, own: str) -> None:
+    """Exit as a rank ended by a peer's failure: print the peer's error (once it is published) and
+    this rank's own, which it caused."""
+    try:
+        store.wait([key], timedelta(seconds=ECHO_WAIT_S))
+        cause = store.get(key).decode()
+    except Exception:
+        cause = "(not yet published: see the run's error.txt)"
+    print(f"rank {rank}/{world}: ending, another rank failed: {cause}\n(here: {own})", file=sys.stderr)
+    sys.stderr.flush()
+    os._exit(PEER_FAILED_EXIT)

@@ -52,6 +52,8 @@ def worker(rank: int, port: int, root: str, scenario: str, out: str) -> None:
     F.dropout = recording
     if scenario in ("sigkill", "frozen"):  # a short silence: the test need not wait the default 30 s
         distributed.PEER_SILENCE_S = 8.0
+    if scenario == "echo":  # rank 0's watcher looks too late: rank 0 raises first, as gloo makes it
+        distributed.POLL_S = 60.0
     if scenario == "killed" and rank == 0:  # keep the epoch-0 last.pt: the stale file of the resume
         save = RunStore.save_checkpoint
 
@@ -69,8 +71,11 @@ def worker(rank: int, port: int, root: str, scenario: str, out: str) -> None:
 
     def on_epoch(row: dict) -> None:
         masks.append(f"end of epoch {row['epoch']}")
-        if scenario == "fail" and rank == 1:
+        if scenario in ("fail", "echo") and rank == 1:
             raise RuntimeError("injected failure on rank 1")
+        if scenario == "echo" and rank == 0:  # the collective rank 1's exit broke
+            time.sleep(2)
+            raise RuntimeError("Connection closed by peer (an echo of rank 1's failure)")
         if scenario == "sigkill" and rank == 1:  # dies without a word, as under the OOM killer
             os.kill(os.getpid(), signal.SIGKILL)
         if scenario == "frozen" and rank == 1:  # hangs with its sockets open, as on a hung node
@@ -125,6 +130,17 @@ def test_a_failure_on_rank_1_ends_both_ranks_and_is_recorded(tmp_path):
     error = (tmp_path / "sweep" / "runs" / spec().run_id / "error.txt").read_text()
     assert "rank 1 of 2 failed" in error and "injected failure on rank 1" in error
     assert not (tmp_path / "sweep" / "runs" / spec().run_id / "record.json").exists()
+
+
+def test_an_echo_on_rank_0_of_rank_1s_failure_leaves_rank_1s_error_as_the_runs(tmp_path):
+    """Rank 1 fails; rank 0 raises too before its watcher sees the failure (gloo: connection closed
+    by peer). Rank 0 must end as a peer of a failure, not as a failure of its own that its caller
+    (Slurm's run_logged) would record over rank 1's error."""
+    codes = launch(tmp_path, tmp_path / "sweep", "echo")
+    assert codes[0] == PEER_FAILED_EXIT and codes[1] not in (0, PEER_FAILED_EXIT), codes
+    error = (tmp_path / "sweep" / "runs" / spec().run_id / "error.txt").read_text()
+    assert error.startswith("rank 1 of 2 failed") and "injected failure on rank 1" in error, error
+    assert "echo" not in error
 
 
 def test_a_killed_rank_1_ends_rank_0_and_is_recorded(tmp_path):
