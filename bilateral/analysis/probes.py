@@ -16,7 +16,7 @@ import torch
 
 from bilateral.analysis.context import AnalysisError, SweepContext
 from bilateral.analysis.report import Section, pm
-from bilateral.data import DeviceLoader, LoaderOptions
+from bilateral.data import DeviceLoader, HierarchicalDataset, LoaderOptions
 from bilateral.store import write_atomic
 from bilateral.train import make_splits
 
@@ -39,9 +39,11 @@ def probe_accuracy(features: np.ndarray, labels: np.ndarray, seed: int = 0) -> f
 
 
 @torch.no_grad()
-def hemisphere_features(ctx: SweepContext, run) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+def hemisphere_features(
+    ctx: SweepContext, run, data: HierarchicalDataset
+) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
     """{hemisphere: validation features} with the true fine and coarse labels of those images."""
-    model, spec, data = ctx.model(run), ctx.spec(run), ctx.data(run)
+    model, spec = ctx.model(run), ctx.spec(run)
     val = make_splits(data, spec).val
     mean, std = data.mean_std()
     opts = LoaderOptions(spec.train.eval_batch_size, ctx.device, mean, std, train=False)
@@ -66,8 +68,8 @@ def run(ctx: SweepContext, out: Path) -> Section:
     for seed, runs in sorted(ctx.seeds.items()):
         for model_name, store in runs.items():
             record, spec = ctx.record(store.run_id), ctx.spec(store)
-            features, fine, coarse = hemisphere_features(ctx, store)
             data = ctx.data(store)
+            features, fine, coarse = hemisphere_features(ctx, store, data)
             classes = {"fine": data.num_fine, "coarse": data.num_coarse}
             for side, z in features.items():
                 backbone = spec.right_backbone or spec.backbone if side == "right" else spec.backbone

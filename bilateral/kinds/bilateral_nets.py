@@ -4,6 +4,8 @@ train (the paper's model). Unspecialised: everything trained end to end."""
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from bilateral.errors import CheckpointError
 from bilateral.kinds.hemispheres import LEFT, RIGHT
 from bilateral.kinds.registry import Kind, register
@@ -28,9 +30,10 @@ class Specialised(Bilateral):
     reference, from_hemispheres = True, True
     colour = "tab:green"
     how_to_get = "--models bilateral-specialised (trains both hemispheres first)"
+    right_row: ClassVar[str] = RIGHT.name  # the row whose run is the right hemisphere
 
     def add_runs(self, row, seed, plan):
-        deps = (plan.row(LEFT.name, seed).run_id, plan.row(RIGHT.name, seed).run_id)
+        deps = (plan.row(LEFT.name, seed).run_id, plan.row(self.right_row, seed).run_id)
         return plan.add(self.name, plan.left, seed, right_backbone=plan.right, depends_on=deps)
 
     def prepare(self, spec, store, model):

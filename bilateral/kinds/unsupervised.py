@@ -12,7 +12,6 @@ The bilateral rows' heads train and are tested on the true fine and coarse label
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 
 import numpy as np
@@ -21,7 +20,7 @@ import torch.nn.functional as F
 
 from bilateral.data import DeviceLoader, HierarchicalDataset, LoaderOptions
 from bilateral.data.hierarchy import HierarchicalSplit
-from bilateral.distributed import from_rank0
+from bilateral.distributed import from_rank0, rank_and_world
 from bilateral.errors import CheckpointError, ConfigError
 from bilateral.kinds.bilateral_nets import Specialised
 from bilateral.kinds.hemispheres import LEFT, RightHemisphere
@@ -75,8 +74,10 @@ class ClusterHemisphere(RightHemisphere):
         # reproducible across devices
         train, test = from_rank0(lambda: _cluster_labels(spec, dep, data, device))
         agreement = _agreement(data, train, test)
-        store.run(spec.run_id).root.mkdir(parents=True, exist_ok=True)
-        store.run(spec.run_id).path("clusters.json").write_text(json.dumps(agreement, indent=1))
+        if rank_and_world()[0] == 0:
+            from bilateral.store import write_json  # bilateral.store imports the kinds
+
+            write_json(store.run(spec.run_id).path("clusters.json"), agreement)
         log.info(
             "%s: %d k-means clusters vs the true coarse labels %s", spec.run_id, data.num_coarse, agreement
         )
@@ -128,31 +129,20 @@ def _agreement(data: HierarchicalDataset, train: np.ndarray, test: np.ndarray) -
     }
 
 
-class FromHemispheres(Specialised):
-    """A specialised bilateral net whose right hemisphere is another row's (right_row) run."""
-
-    reference = False
-    right_row: str
-
-    def add_runs(self, row, seed, plan):
-        deps = (plan.row(LEFT.name, seed).run_id, plan.row(self.right_row, seed).run_id)
-        return plan.add(self.name, plan.left, seed, right_backbone=plan.right, depends_on=deps)
-
-
-class BilateralSSL(FromHemispheres):
-    name, right_row, colour = "bilateral-ssl", "hemisphere-ssl", "tab:cyan"
+class BilateralSSL(Specialised):  # a specialised net whose right hemisphere is another row's run
+    name, right_row, colour, reference = "bilateral-ssl", "hemisphere-ssl", "tab:cyan", False
     how_to_get = "--experiment unsupervised --models bilateral-ssl"
 
 
-class BilateralClusters(FromHemispheres):
-    name, right_row, colour = "bilateral-clusters", "hemisphere-clusters", "tab:pink"
+class BilateralClusters(Specialised):
+    name, right_row, colour, reference = "bilateral-clusters", "hemisphere-clusters", "tab:pink", False
     how_to_get = "--experiment unsupervised --models bilateral-clusters"
 
 
-class BilateralFineFine(FromHemispheres):
+class BilateralFineFine(Specialised):
     """Both hemispheres trained on the fine labels, one per substrate (the row's two backbones)."""
 
-    name, colour = "bilateral-fine-fine", "tab:brown"
+    name, colour, reference = "bilateral-fine-fine", "tab:brown", False
     how_to_get = "--experiment unsupervised --models bilateral-fine-fine"
 
     def add_runs(self, row, seed, plan):
