@@ -1,10 +1,13 @@
 """Shared fixtures: tiny CPU-sized specs on the synthetic dataset."""
 
+import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
+from bilateral.comparison import load_comparison
 from bilateral.config import load_config
 from bilateral.experiment import build_plan
 from bilateral.store import RunStore
@@ -49,6 +52,17 @@ def dry_run_ids(stdout: str) -> list[str]:
     lines = stdout.splitlines()
     first = next(i for i, line in enumerate(lines) if line.startswith("stage "))
     return [line.split()[0] for line in lines[first:] if line.startswith("  ")]
+
+
+def navon_comparison(out: Path, experiment: str) -> pd.DataFrame:
+    """A shipped comparison on navon (1 seed, 1 epoch) through the front door: its summary, which
+    must hold a row for every row of the comparison."""
+    args = ["--experiment", experiment, "--data", "navon", "--seeds", "0", "train.epochs=1"]
+    proc = subprocess.run(sweep_cmd(out, *args), capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = pd.read_csv(out / "summary.csv")
+    assert {r.name for r in load_comparison(experiment).rows} <= set(summary["model"])
+    return summary
 
 
 def tiny_config(*overrides: str):

@@ -1,17 +1,15 @@
 """Backbones that differ in receptive field at about equal parameter count, and their profiles."""
 
 import json
-import subprocess
 
 import pandas as pd
 import pytest
 import torch
 
-from bilateral.comparison import load_comparison
 from bilateral.experiment import build_plan
 from bilateral.models import build_backbone, count_parameters
 from bilateral.models.profile import profile_backbone
-from tests.conftest import REPO, sweep_cmd, tiny_config
+from tests.conftest import navon_comparison, tiny_config
 
 SUBSTRATES = ("resnet9", "resnet9-dilated", "vit-small")
 
@@ -63,12 +61,7 @@ def test_a_vit_run_is_never_fused():
 def test_the_substrate_comparison_on_navon_gives_a_row_per_comparison_row_and_its_analysis(tmp_path):
     from bilateral.analysis import run_analysis
 
-    args = ["--experiment", "substrate", "--data", "navon", "--seeds", "0", "train.epochs=1"]
-    proc = subprocess.run(sweep_cmd(tmp_path, *args), capture_output=True, text=True, cwd=REPO)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    summary = pd.read_csv(tmp_path / "summary.csv")
-    rows = {r.name for r in load_comparison("substrate").rows}
-    assert rows <= set(summary["model"])
+    summary = navon_comparison(tmp_path, "substrate")
     hemispheres = summary[summary["model"] == "hemisphere-coarse"]
     assert set(hemispheres["backbone"]) == {"resnet9", "resnet9-dilated", "vit-small"}
     record = json.loads(

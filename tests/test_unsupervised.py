@@ -2,7 +2,6 @@
 bilateral net, and the linear probes that say what each hemisphere's features separate."""
 
 import json
-import subprocess
 
 import numpy as np
 import pandas as pd
@@ -11,13 +10,12 @@ import torch
 
 from bilateral.analysis import run_analysis
 from bilateral.analysis.probes import probe_accuracy
-from bilateral.comparison import load_comparison
 from bilateral.data import DeviceLoader, LoaderOptions, load_dataset, stratified_subset
 from bilateral.errors import ConfigError
 from bilateral.experiment import build_plan
 from bilateral.models import build_backbone
 from bilateral.models.ssl import SimCLRNet, random_views
-from tests.conftest import CIFAR10_JPG, REPO, sweep_cmd, tiny_config
+from tests.conftest import CIFAR10_JPG, REPO, navon_comparison, tiny_config
 
 
 def test_views_change_every_image_differently_and_repeat_with_the_same_generator():
@@ -74,12 +72,7 @@ def test_fine_fine_rows_need_two_substrates():
 
 
 def test_the_unsupervised_comparison_on_navon_gives_a_row_per_comparison_row_and_its_probes(tmp_path):
-    args = ["--experiment", "unsupervised", "--data", "navon", "--seeds", "0", "train.epochs=1"]
-    proc = subprocess.run(sweep_cmd(tmp_path, *args), capture_output=True, text=True, cwd=REPO)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    summary = pd.read_csv(tmp_path / "summary.csv")
-    rows = {r.name for r in load_comparison("unsupervised").rows}
-    assert rows <= set(summary["model"])
+    navon_comparison(tmp_path, "unsupervised")
     runs = tmp_path / "t" / "runs"
 
     def record(pattern: str) -> dict:
