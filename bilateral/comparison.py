@@ -7,6 +7,9 @@
         kind: bilateral-specialised           #   the row it starts from
         right_backbone: vgg11                 #   its backbones (default: plan.backbone / right_backbone)
         options: {connection: gate}           #   what the kind reads from plan.options
+      - name: specialised-bn-0.9              # a row trained under other config settings: they
+        kind: bilateral-specialised           #   apply to its runs and to the runs it depends on,
+        settings: {model.bn_momentum: 0.9}    #   which are then named "<row> [<settings>]"
     kind_modules: [my_lab.kinds]              # modules declaring more kinds (optional)
 
 Presets say how runs train (optimiser, epochs, data size); comparisons say which rows there are.
@@ -14,6 +17,7 @@ Presets say how runs train (optimiser, epochs, data size); comparisons say which
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -21,10 +25,11 @@ from typing import Any
 
 import yaml
 
-from bilateral.config import yaml_problem
+from bilateral.config import DataConfig, ModelConfig, OptimConfig, TrainConfig, yaml_problem
 from bilateral.errors import ConfigError
 
-ROW_KEYS = ("name", "kind", "backbone", "right_backbone", "options")
+ROW_KEYS = ("name", "kind", "backbone", "right_backbone", "options", "settings")
+RUN_SECTIONS = {"data": DataConfig, "model": ModelConfig, "optim": OptimConfig, "train": TrainConfig}
 
 
 @dataclass(frozen=True)
@@ -34,11 +39,13 @@ class Row:
     backbone: str | None = None
     right_backbone: str | None = None
     options: dict[str, Any] = field(default_factory=dict)
+    settings: dict[str, Any] = field(default_factory=dict)  # "section.key": value, as key=value overrides
 
     @property
     def custom(self) -> bool:
         """A row of its own (its runs carry its name and options) rather than a kind's row."""
-        return self.name != self.base or bool(self.options) or bool(self.backbone or self.right_backbone)
+        own = self.options or self.settings or self.backbone or self.right_backbone
+        return self.name != self.base or bool(own)
 
 
 @dataclass(frozen=True)
@@ -97,13 +104,29 @@ def _row(entry: Any, path: Path) -> Row:
             f"experiment file {str(path)!r}: row {entry['name']!r} has unknown key(s) {unknown}; known: "
             f"{', '.join(ROW_KEYS)}"
         )
-    options = entry.get("options") or {}
-    if not isinstance(options, dict):
-        raise ConfigError(f"experiment file {str(path)!r}: row {entry['name']!r}: options must be a mapping")
+    options, settings = entry.get("options") or {}, entry.get("settings") or {}
+    for key, value in (("options", options), ("settings", settings)):
+        if not isinstance(value, dict):
+            raise ConfigError(
+                f"experiment file {str(path)!r}: row {entry['name']!r}: {key} must be a mapping"
+            )
+    for key in settings:
+        _check_setting(str(key), f"experiment file {str(path)!r}: row {entry['name']!r}")
     return Row(
         str(entry["name"]),
         str(entry.get("kind", entry["name"])),
         entry.get("backbone"),
         entry.get("right_backbone"),
         dict(options),
+        {str(k): v for k, v in settings.items()},
     )
+
+
+def _check_setting(key: str, where: str) -> None:
+    """A row's setting names a key of a run's config (data, model, optim, train): a sweep-wide key
+    (plan, report, device) would mean nothing for one row."""
+    section, _, name = key.partition(".")
+    known = {f.name for f in dataclasses.fields(RUN_SECTIONS[section])} if section in RUN_SECTIONS else set()
+    if name not in known:
+        every = ", ".join(f"{s}.{f.name}" for s, c in RUN_SECTIONS.items() for f in dataclasses.fields(c))
+        raise ConfigError(f"{where}: setting {key!r} is not a key of a run's config: use one of {every}")

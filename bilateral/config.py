@@ -90,6 +90,9 @@ class TrainConfig:
     channels_last: bool = False
     compile: bool = False
     checkpoint_every: int = bounded(1, 1)  # write `last` (and a pending `best`) every N epochs and at the end
+    eval_every: int = bounded(1, 1)  # validate every N epochs and at the end; only those can become `best`
+    test_checkpoint: str = "best"  # best (on validation) | last: what bilateral nets and baselines are
+    # tested with. Hemispheres are always tested, and used by the nets built on them, at `best`.
     sync_bn: bool = True  # DDP on GPU: BatchNorm statistics over the global batch (syncs the host per step)
 
 
@@ -108,6 +111,13 @@ class PlanConfig:
 
 
 @dataclass
+class ReportConfig:
+    """How report.md and summary.csv state the results; changes no run."""
+
+    std_ddof: int = bounded(1, 0, 1)  # standard deviations over seeds: 1 (sample) or 0 (the authors')
+
+
+@dataclass
 class SweepConfig:
     name: str | None = None  # results/<name>/; derived from preset, data and backbone when unset
     preset: str = "smoke"
@@ -119,9 +129,10 @@ class SweepConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     plan: PlanConfig = field(default_factory=PlanConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
 
 
-PRESETS = ("smoke", "fast", "paper")
+PRESETS = ("smoke", "fast", "paper", "authors")
 
 
 def preset_path(name: str) -> Path:
@@ -196,6 +207,20 @@ def load_config(
     return config
 
 
+def with_settings(cfg: SweepConfig, settings: dict[str, Any], origin: str) -> SweepConfig:
+    """cfg with dotted settings ({"model.bn_momentum": 0.9}) applied and checked like overrides."""
+    merged = OmegaConf.structured(cfg)
+    for key, value in settings.items():
+        section, _, name = key.partition(".")
+        merged = _merge(merged, OmegaConf.create({section: {name: value}}), f"{origin}: setting {key!r}")
+    config: SweepConfig = OmegaConf.to_object(merged)
+    try:
+        validate(config)
+    except ConfigError as exc:
+        raise ConfigError(f"{origin}: {exc}") from None
+    return config
+
+
 def yaml_problem(exc: yaml.YAMLError) -> str:
     """' at line L, column C: what the parser found' for a YAML error."""
     where = getattr(exc, "problem_mark", None)
@@ -240,6 +265,7 @@ def validate(cfg: SweepConfig) -> None:
         "optim.name": ("adam", "sgd"),
         "optim.schedule": ("constant", "onecycle"),
         "data.loader": ("memory", "ffcv", "torch"),
+        "train.test_checkpoint": ("best", "last"),
     }
     for key, allowed in choices.items():
         section, name = key.split(".")

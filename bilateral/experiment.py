@@ -13,10 +13,12 @@ import json
 from dataclasses import dataclass, field
 
 from bilateral.comparison import Comparison, Row, load_comparison
-from bilateral.config import DataConfig, ModelConfig, OptimConfig, SweepConfig, TrainConfig
+from bilateral.config import DataConfig, ModelConfig, OptimConfig, SweepConfig, TrainConfig, with_settings
 from bilateral.errors import ConfigError
 from bilateral.kinds import Kind, all_kinds, kind_of, load_kind_modules
 from bilateral.models.registry import UNFUSABLE
+
+LATER_DEFAULTS = {("train", "eval_every"): 1, ("train", "test_checkpoint"): "best"}
 
 
 @dataclass(frozen=True)
@@ -37,6 +39,7 @@ class RunSpec:
     plugin: str = ""  # the module declaring the kind, when it is not under bilateral/kinds
     row: str = ""  # a comparison's own row (bilateral/comparison.py); "" = the kind's row
     options: dict = field(default_factory=dict)  # that row's options, read by its kind
+    settings: dict = field(default_factory=dict)  # a row's own config settings ("train.eval_every": 2)
 
     @property
     def kind_spec(self) -> Kind:
@@ -44,8 +47,17 @@ class RunSpec:
 
     @property
     def model_name(self) -> str:
-        """The row this run belongs to in summary.csv."""
-        return self.row or self.kind_spec.row_name(self)
+        """The row this run belongs to in summary.csv: a run that a row with settings depends on
+        is named by them, so it never shares a row with the same kind's run without them."""
+        if self.row:
+            return self.row
+        name = self.kind_spec.row_name(self)
+        return f"{name} [{settings_label(self.settings)}]" if self.settings else name
+
+    @property
+    def base_model(self) -> str:
+        """The kind's own row this run is a variant of (its comparison row or settings aside)."""
+        return self.kind_spec.row_name(self)
 
     @property
     def backbones(self) -> list[str]:
@@ -62,9 +74,17 @@ class RunSpec:
         """Hash of what changes results: how often checkpoints are written does not."""
         identity = self.to_dict()
         identity["train"].pop("checkpoint_every")
-        for key in ("plugin", "row", "options"):  # unset, they leave the ids of the paper's runs as they were
+        for key in (
+            "plugin",
+            "row",
+            "options",
+            "settings",
+        ):  # unset, they leave the paper's run ids as they were
             if not identity[key]:
                 identity.pop(key)
+        for (section, key), default in LATER_DEFAULTS.items():  # so do settings added since, at their default
+            if identity[section][key] == default:
+                identity[section].pop(key)
         digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:8]
         member = f"-m{self.member}" if self.member else ""
         return f"{self.model_name}-{self.backbone_name}-s{self.seed}{member}-{digest}"
@@ -146,15 +166,26 @@ def _comparison(cfg: SweepConfig) -> Comparison:
     return dataclasses.replace(comparison, rows=rows)
 
 
+# What a hemisphere's run never reads: it trains alone and is tested, and used, at its best
+# checkpoint on validation. Its spec holds the defaults, so rows that differ only in these share it.
+NOT_READ_BY_HEMISPHERES = {"model.frozen_bn_update": False, "train.test_checkpoint": "best"}
+
+
+def settings_label(settings: dict) -> str:
+    return " ".join(f"{key}={value}" for key, value in sorted(settings.items()))
+
+
 @dataclass
 class _Frame:
-    """The row being added: its runs carry its name and options; its dependencies, its backbones."""
+    """The row being added: its runs carry its name and options; its dependencies, its backbones;
+    both, its settings (and those of the rows that asked for it)."""
 
     kind: str
     name: str
     options: dict
     left: str
     right: str
+    settings: dict
 
 
 class PlanBuilder:
@@ -162,11 +193,12 @@ class PlanBuilder:
     backbones and options), and every run added so far."""
 
     def __init__(self, cfg: SweepConfig, comparison: Comparison):
-        self.common = dict(data=cfg.data, model=cfg.model, optim=cfg.optim, train=cfg.train)
+        self.cfg = cfg
         self.pool_size = cfg.plan.pool_size
         self.runs: dict[str, RunSpec] = {}
         left, right = cfg.plan.backbone, cfg.plan.right_backbone or cfg.plan.backbone
-        self._frames = [_Frame("", "", {}, left, right)]
+        self._frames = [_Frame("", "", {}, left, right, {})]
+        self._configs: dict[str, SweepConfig] = {}  # the sweep's config under each row's settings
         self._rows = {r: Row(r, r) for kind in all_kinds() for r in kind.rows(cfg)}
         self._row_kind = {r: kind for kind in all_kinds() for r in kind.rows(cfg)}
         custom = {row.name: row for row in comparison.rows}
@@ -177,6 +209,8 @@ class PlanBuilder:
                     f"known kind offers: choose one of {', '.join(self._row_kind)} (or add its kind module)"
                 )
         self._rows.update(custom)
+        for row in filter(lambda r: r.settings, custom.values()):  # a bad value fails here, naming its row
+            with_settings(cfg, row.settings, f"experiment {comparison.name!r}: row {row.name!r}")
 
     @property
     def left(self) -> str:
@@ -196,8 +230,22 @@ class PlanBuilder:
         frame = self._frames[-1]
         if kind == frame.kind and frame.name:
             fields = {"row": frame.name, "options": frame.options, **fields}
-        spec = RunSpec(kind, backbone, seed, plugin=kind_of(kind).module, **self.common, **fields)
+        settings, forced = frame.settings, {}
+        if kind_of(kind).role in ("left", "right"):
+            settings = {k: v for k, v in settings.items() if k not in NOT_READ_BY_HEMISPHERES}
+            forced = NOT_READ_BY_HEMISPHERES
+        cfg = self._config({**settings, **forced})
+        common = dict(data=cfg.data, model=cfg.model, optim=cfg.optim, train=cfg.train)
+        spec = RunSpec(
+            kind, backbone, seed, plugin=kind_of(kind).module, settings=settings, **common, **fields
+        )
         return self.runs.setdefault(spec.run_id, spec)
+
+    def _config(self, settings: dict) -> SweepConfig:
+        key = settings_label(settings)
+        if key not in self._configs:
+            self._configs[key] = with_settings(self.cfg, settings, f"settings {key!r}")
+        return self._configs[key]
 
     def row(self, name: str, seed: int) -> RunSpec:
         """The run of a row for a seed, added with what it depends on: how a kind asks for another."""
@@ -210,6 +258,7 @@ class PlanBuilder:
                 row.options,
                 row.backbone or outer.left,
                 row.right_backbone or row.backbone or outer.right,
+                {**outer.settings, **row.settings},
             )
         )
         try:

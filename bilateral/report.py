@@ -2,23 +2,27 @@
 its wall time is its share of theirs), summary.csv (one row per model x backbone), report.md.
 
 summary.csv columns: model, backbone, seeds, fine_acc_mean, fine_acc_std, coarse_acc_mean,
-coarse_acc_std, params, compute_hours. Standard deviations are over seeds (ddof=1; empty for one
-seed). compute_hours is the wall time of the model's runs summed over seeds, including the runs it
-depends on (a specialised bilateral net counts its hemispheres, an ensemble its whole pool).
+coarse_acc_std, params, compute_hours. Standard deviations are over seeds (ddof from
+report.std_ddof, 1 by default; empty for one seed). compute_hours is the wall time of the model's
+runs summed over seeds, including the runs it depends on (a specialised bilateral net counts its
+hemispheres, an ensemble its whole pool).
 Ensemble pool members other than member 0 (the unilateral baseline itself) get no row of their own.
 """
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from scipy import stats
 
+from bilateral import fidelity
 from bilateral.kinds import all_kinds
 from bilateral.store import SweepStore, write_atomic
 
+log = logging.getLogger(__name__)
 REFERENCE = next(kind.name for kind in all_kinds() if kind.reference)  # the paper's model
 RUN_COLUMNS = [
     "run_id",
@@ -41,6 +45,9 @@ RUN_COLUMNS = [
     "train_images_per_s",
     "device",
     "fused_runs",
+    "base_model",
+    "settings",
+    "tested_checkpoint",
 ]
 
 
@@ -53,28 +60,40 @@ def runs_table(records: list[dict]) -> pd.DataFrame:
         return 0.0 if r is None else r["wall_time_s"] + sum(total(d) for d in r["spec"]["depends_on"])
 
     rows = [
-        {**r, "total_wall_time_s": total(r["run_id"]), "fused_runs": len(r.get("fused_with") or []) or 1}
+        {
+            "base_model": r["model"],  # records of older versions: no variants
+            "settings": "",
+            "tested_checkpoint": "best",
+            **r,
+            "total_wall_time_s": total(r["run_id"]),
+            "fused_runs": len(r.get("fused_with") or []) or 1,
+        }
         for r in records
     ]
     df = pd.DataFrame(rows).reindex(columns=RUN_COLUMNS)
     return df.sort_values(["model", "backbone", "seed", "member"], ignore_index=True)
 
 
-def summarize(runs: pd.DataFrame) -> pd.DataFrame:
+def summarize(runs: pd.DataFrame, ddof: int = 1) -> pd.DataFrame:
     rows = runs[runs["member"] == 0].groupby(["model", "backbone"], sort=True)
     summary = rows.agg(
         seeds=("seed", "nunique"),
         fine_acc_mean=("test_acc_fine", "mean"),
-        fine_acc_std=("test_acc_fine", "std"),
+        fine_acc_std=("test_acc_fine", lambda s: _std(s, ddof)),
         coarse_acc_mean=("test_acc_coarse", "mean"),
-        coarse_acc_std=("test_acc_coarse", "std"),
+        coarse_acc_std=("test_acc_coarse", lambda s: _std(s, ddof)),
         params=("params", "max"),
         compute_hours=("total_wall_time_s", lambda s: s.sum() / 3600),
     )
     return summary.reset_index()
 
 
-def paired_differences(runs: pd.DataFrame) -> pd.DataFrame:
+def _std(values: pd.Series, ddof: int) -> float:
+    values = values.dropna()
+    return float(values.std(ddof=ddof)) if len(values) > 1 else np.nan
+
+
+def paired_differences(runs: pd.DataFrame, ddof: int = 1) -> pd.DataFrame:
     """Each baseline minus the reference row on the same seeds, with a paired t-test over seeds."""
     runs = runs[runs["member"] == 0]
     reference = runs[runs["model"] == REFERENCE]
@@ -83,15 +102,40 @@ def paired_differences(runs: pd.DataFrame) -> pd.DataFrame:
     reference = reference[reference["backbone"] == sorted(reference["backbone"])[0]].set_index("seed")
     out = []
     for (model, backbone), group in runs[runs["model"] != REFERENCE].groupby(["model", "backbone"]):
-        paired = group.set_index("seed").join(reference.add_suffix("_ref"), how="inner")
-        row = {"model": model, "backbone": backbone, "pairs": len(paired)}
-        for head in ("fine", "coarse"):
-            diff = (paired[f"test_acc_{head}"] - paired[f"test_acc_{head}_ref"]).dropna()
-            row[f"{head}_diff_mean"] = diff.mean() if len(diff) else np.nan
-            row[f"{head}_diff_std"] = diff.std() if len(diff) > 1 else np.nan
-            row[f"{head}_p"] = _paired_p(diff)
-        out.append(row)
+        out.append({"model": model, "backbone": backbone, **_paired(group, reference, ddof)})
     return pd.DataFrame(out)
+
+
+def setting_effects(runs: pd.DataFrame, ddof: int = 1) -> pd.DataFrame:
+    """Each row trained under settings of its own (a comparison row's `settings`, or a run such a
+    row depends on) minus the row it varies, on the same backbone and seeds: what each setting does."""
+    runs = runs[runs["member"] == 0]
+    out = []
+    for (model, backbone), group in runs[runs["settings"].fillna("") != ""].groupby(["model", "backbone"]):
+        base_model = group["base_model"].iloc[0]
+        base = runs[(runs["model"] == base_model) & (runs["backbone"] == backbone)]
+        if base.empty:
+            continue
+        effect = {
+            "model": model,
+            "of": base_model,
+            "backbone": backbone,
+            "settings": group["settings"].iloc[0],
+        }
+        out.append({**effect, **_paired(group, base.set_index("seed"), ddof)})
+    return pd.DataFrame(out)
+
+
+def _paired(group: pd.DataFrame, reference: pd.DataFrame, ddof: int) -> dict:
+    """{pairs, <head>_diff_mean, <head>_diff_std, <head>_p}: group minus reference, seed by seed."""
+    paired = group.set_index("seed").join(reference.add_suffix("_ref"), how="inner")
+    row: dict = {"pairs": len(paired)}
+    for head in ("fine", "coarse"):
+        diff = (paired[f"test_acc_{head}"] - paired[f"test_acc_{head}_ref"]).dropna()
+        row[f"{head}_diff_mean"] = diff.mean() if len(diff) else np.nan
+        row[f"{head}_diff_std"] = _std(diff, ddof)
+        row[f"{head}_p"] = _paired_p(diff)
+    return row
 
 
 def _paired_p(diff: pd.Series) -> float:
@@ -110,9 +154,36 @@ def _pm_column(df: pd.DataFrame, mean: str, std: str) -> list[str]:
     return [_pm(m, s) for m, s in zip(df[mean], df[std], strict=True)]
 
 
+def _diff_table(diffs: pd.DataFrame, label: dict[str, pd.Series]) -> str:
+    p = {
+        head: diffs[f"{head}_p"].map(lambda v: "—" if pd.isna(v) else f"{v:.3g}")
+        for head in ("fine", "coarse")
+    }
+    return pd.DataFrame(
+        {
+            **label,
+            "pairs": diffs["pairs"],
+            "Δ fine": _pm_column(diffs, "fine_diff_mean", "fine_diff_std"),
+            "p (fine)": p["fine"],
+            "Δ coarse": _pm_column(diffs, "coarse_diff_mean", "coarse_diff_std"),
+            "p (coarse)": p["coarse"],
+        }
+    ).to_markdown(index=False)
+
+
 def markdown(
-    summary: pd.DataFrame, diffs: pd.DataFrame, sweep: str, damaged: dict[str, str] | None = None
+    runs: pd.DataFrame, sweep: str, damaged: dict[str, str] | None = None, config: dict | None = None
 ) -> str:
+    """report.md: the summary, each baseline against the reference, each row's own settings against
+    the row it varies, and, for the authors' setting, how the hemispheres compare with their figures.
+    config is the sweep's (sweep.json): its report.std_ddof and what the fidelity check needs."""
+    config = config or {}
+    ddof = config.get("report", {}).get("std_ddof", 1)
+    summary, diffs, effects = (
+        summarize(runs, ddof),
+        paired_differences(runs, ddof),
+        setting_effects(runs, ddof),
+    )
     table = pd.DataFrame(
         {
             "model": summary["model"],
@@ -124,31 +195,43 @@ def markdown(
             "compute h": summary["compute_hours"].map(lambda h: f"{h:.3f}"),
         }
     )
+    last = sorted(set(runs.loc[runs["tested_checkpoint"] == "last", "model"]))
+    tested = f"; tested at the last epoch: {', '.join(last)}" if last else ""
     text = [
         f"# Sweep `{sweep}`",
         "",
-        "Test accuracy, mean ± std over seeds (checkpoints chosen on validation).",
+        f"Test accuracy, mean ± std over seeds (ddof={ddof}; checkpoints chosen on validation{tested}).",
         "",
         table.to_markdown(index=False),
         "",
     ]
+    paired = "Paired over seeds; p from a two-sided paired t-test (— when fewer than 2 pairs)."
     if not diffs.empty:
-        d = pd.DataFrame(
-            {
-                "baseline": diffs["model"] + " / " + diffs["backbone"],
-                "pairs": diffs["pairs"],
-                "Δ fine": _pm_column(diffs, "fine_diff_mean", "fine_diff_std"),
-                "p (fine)": diffs["fine_p"].map(lambda p: "—" if pd.isna(p) else f"{p:.3g}"),
-                "Δ coarse": _pm_column(diffs, "coarse_diff_mean", "coarse_diff_std"),
-                "p (coarse)": diffs["coarse_p"].map(lambda p: "—" if pd.isna(p) else f"{p:.3g}"),
-            }
-        )
+        label = {"baseline": diffs["model"] + " / " + diffs["backbone"]}
+        text += [f"## Each baseline minus {REFERENCE}", "", paired, "", _diff_table(diffs, label), ""]
+    if not effects.empty:
+        label = {"row": effects["model"], "minus": effects["of"] + " / " + effects["backbone"]}
         text += [
-            f"## Each baseline minus {REFERENCE}",
+            "## Each row's own settings: the row minus the row it varies",
             "",
-            "Paired over seeds; p from a two-sided paired t-test (— when fewer than 2 pairs).",
+            f"{paired} Settings per row: "
+            + "; ".join(f"{m}: {st}" for m, st in zip(effects["model"], effects["settings"], strict=True)),
             "",
-            d.to_markdown(index=False),
+            _diff_table(effects, label),
+            "",
+        ]
+    if fidelity.applies(config):
+        outside = fidelity.outside_bands(summary)
+        verdict = [f"- {line}: something in this setup differs from theirs" for line in outside] or [
+            "- both hemispheres lie within the authors' bands"
+        ]
+        bands = ", ".join(f"{b.model} {b.head} {b.low:.2f}-{b.high:.2f}" for b in fidelity.BANDS)
+        text += [
+            "## Against the authors' figures",
+            "",
+            f"Bands: {bands} (from {fidelity.SOURCE}).",
+            "",
+            *verdict,
             "",
         ]
     if damaged:
@@ -164,12 +247,15 @@ def write_report(sweep_root: str | Path, copy_summary_to: str | Path | None = No
     if not records:
         problem = f"; damaged: {' '.join(damaged.values())}" if damaged else ""
         raise FileNotFoundError(f"no finished runs under {store.root / 'runs'}: run the sweep first{problem}")
+    config = store.read_config()  # validated when the sweep began
     runs = runs_table(records)
-    summary = summarize(runs)
-    diffs = paired_differences(runs)
+    summary = summarize(runs, config.get("report", {}).get("std_ddof", 1))
     write_atomic(store.root / "runs.csv", runs.to_csv(index=False).encode())
     write_atomic(store.root / "summary.csv", summary.to_csv(index=False).encode())
-    write_atomic(store.root / "report.md", markdown(summary, diffs, store.root.name, damaged).encode())
+    write_atomic(store.root / "report.md", markdown(runs, store.root.name, damaged, config).encode())
     if copy_summary_to is not None:
         write_atomic(Path(copy_summary_to), summary.to_csv(index=False).encode())
+    if fidelity.applies(config):
+        for line in fidelity.outside_bands(summary):
+            log.warning("%s: %s (see report.md)", store.root.name, line)
     return damaged

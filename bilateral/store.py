@@ -158,6 +158,13 @@ class SweepStore:
         for spec in specs:
             self.run(spec.run_id).write_spec(spec)
 
+    def read_config(self) -> dict:
+        """The config the sweep last ran with (sweep.json); {} before it ran."""
+        path = self.root / "sweep.json"
+        if not path.is_file():
+            return {}
+        return _read_json(path, "run the sweep again to rewrite it", dict).get("config", {})
+
     def read_records(self) -> tuple[list[dict], dict[str, str]]:
         """(records of every finished run in run-id order, {run_id: what is wrong} of those whose
         record.json is damaged): one damaged record must not hide the others."""

@@ -42,7 +42,7 @@ from bilateral.data.loader import LoaderOptions
 from bilateral.data.loaders import Loader, make_loader
 from bilateral.distributed import fail_together, from_rank0, rank_and_world
 from bilateral.errors import CheckpointError, ConfigError
-from bilateral.experiment import RunSpec, group_name
+from bilateral.experiment import RunSpec, group_name, settings_label
 from bilateral.models import Ensemble, count_parameters, load_state_strict
 from bilateral.models.fused import (
     fuse,
@@ -320,6 +320,8 @@ def _finish(
     record = {
         "run_id": spec.run_id,
         "model": spec.model_name,
+        "base_model": spec.base_model,
+        "settings": settings_label(spec.settings),  # the comparison row's own settings, if any
         "kind": spec.kind,
         "backbone": spec.backbone_name,
         "seed": spec.seed,
@@ -546,7 +548,8 @@ def _train(
             total_loss /= world
         seconds = time.perf_counter() - tic
         evaluated = time.perf_counter()
-        val_results = evaluate_members(net, val, spec, dev, k)
+        validates = (epoch + 1) % spec.train.eval_every == 0 or epoch == epochs - 1
+        val_results = evaluate_members(net, val, spec, dev, k) if validates else [({}, None)] * k
         eval_seconds = time.perf_counter() - evaluated
         rows = []
         for j, (val_metrics, _) in enumerate(val_results):
@@ -563,23 +566,26 @@ def _train(
         progress = _progress_row(rows, epochs)
         if on_epoch is not None:
             on_epoch(progress)
+        val_text = f"{progress['val_score']:.4f}" if validates else "-"  # not validated this epoch
         bar.set_postfix(
             epoch=f"{epoch + 1}/{epochs}",
             loss=f"{progress['train_loss']:.3f}",
-            val=f"{progress['val_score']:.3f}",
+            val=val_text,
             img_s=f"{progress['images_per_s']:.0f}",
         )
         log.info(
-            "%s epoch %d/%d loss %.4f val %.4f %.0f img/s",
+            "%s epoch %d/%d loss %.4f val %s %.0f img/s",
             name,
             epoch + 1,
             epochs,
             progress["train_loss"],
-            progress["val_score"],
+            val_text,
             progress["images_per_s"],
         )
         checkpoint = (epoch + 1) % spec.train.checkpoint_every == 0 or epoch == epochs - 1
-        improved = [rows[j]["val_score"] > state["best_score"] for j, state in enumerate(states)]
+        improved = [
+            validates and rows[j]["val_score"] > state["best_score"] for j, state in enumerate(states)
+        ]
         model_states = None
         if checkpoint or any(improved):
             model_states = unfuse(net, members[0], k) if k > 1 else [net.state_dict()]
@@ -620,10 +626,15 @@ def _train(
         model.to(dev)
         if spec.train.channels_last:
             model.to(memory_format=torch.channels_last)
-        best = from_rank0(lambda rs=rs: rs.load_checkpoint("best")["model"])  # rank 0's file on every rank
-        load_state_strict(model, best, str(rs.path("checkpoints/best.pt")))
+        tested = tested_checkpoint(spec)
+        weights = from_rank0(
+            lambda rs=rs, t=tested: rs.load_checkpoint(t)["model"]
+        )  # rank 0's, on every rank
+        load_state_strict(model, weights, str(rs.path(f"checkpoints/{tested}.pt")))
         stats = {
             "best_epoch": state["best_epoch"],
+            "tested_checkpoint": tested,
+            "tested_epoch": state["best_epoch"] if tested == "best" else epochs - 1,
             "epochs": epochs,
             "resumed_from_epoch": start if start else None,
             "params": count_parameters(model),
@@ -661,9 +672,16 @@ def _progress_row(rows: list[dict], epochs: int) -> dict:
         "epochs": epochs,
         "runs": len(rows),
         "train_loss": float(np.mean([r["train_loss"] for r in rows])),
-        "val_score": float(np.mean([r["val_score"] for r in rows])),
+        **({"val_score": float(np.mean([r["val_score"] for r in rows]))} if "val_score" in rows[0] else {}),
         "images_per_s": sum(r["images_per_s"] for r in rows),
     }
+
+
+def tested_checkpoint(spec: RunSpec) -> str:
+    """The checkpoint a run is tested with: `best` on validation, or the last epoch's where the
+    protocol asks for it (train.test_checkpoint=last). A hemisphere is always tested at `best`, the
+    checkpoint the nets built on it load: never one the test set chose."""
+    return "best" if spec.kind_spec.role in ("left", "right") else spec.train.test_checkpoint
 
 
 def selection_score(val_metrics: dict) -> float:
@@ -687,8 +705,12 @@ def _assemble_ensemble(spec: RunSpec, store: SweepStore, data, dev) -> tuple[nn.
     chosen = [dep for _, _, dep in sorted(members, key=lambda m: m[:2])[: spec.top_k]]
     nets = []
     for dep in chosen:
-        net = build_model(RunSpec.from_dict(dep.read_record()["spec"]), data.num_fine, data.num_coarse)
-        load_state_strict(net, dep.load_checkpoint("best")["model"], str(dep.path("checkpoints/best.pt")))
+        record = dep.read_record()
+        net = build_model(RunSpec.from_dict(record["spec"]), data.num_fine, data.num_coarse)
+        tested = record.get("tested_checkpoint", "best")  # the weights its val_score ranked
+        load_state_strict(
+            net, dep.load_checkpoint(tested)["model"], str(dep.path(f"checkpoints/{tested}.pt"))
+        )
         nets.append(net)
     model = Ensemble(nets).to(dev)
     return model, {

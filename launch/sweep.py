@@ -27,7 +27,7 @@ from bilateral.experiment import Plan, build_plan, group_name
 from bilateral.extras import require
 from bilateral.models.registry import BACKBONES
 from bilateral.placement import local_offer, place
-from bilateral.report import markdown, paired_differences, runs_table, summarize, write_report
+from bilateral.report import markdown, runs_table, write_report
 from bilateral.store import SweepStore
 from bilateral.sweep import InProcessExecutor, fusion_groups, run_sweep
 
@@ -240,8 +240,7 @@ def main(argv: list[str]) -> int:
     failed.update({run_id: why for run_id, why in damaged.items() if run_id not in failed})
     if finished:
         write_report(store.root, copy_summary_to=Path(cfg.out) / "summary.csv")
-        runs = runs_table(finished)
-        print(markdown(summarize(runs), paired_differences(runs), cfg.name, damaged))
+        print(markdown(runs_table(finished), cfg.name, damaged, to_dict(cfg)))
         print(f"wrote {store.root / 'summary.csv'} and {Path(cfg.out) / 'summary.csv'}")
         if args.analyze:
             from bilateral.analysis import analyze_sweep

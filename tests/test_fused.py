@@ -42,6 +42,9 @@ def nets(backbone: str, k: int) -> list[nn.Module]:
             out.append(BilateralNet(left_net, right_net, 20, 4, dropout=0.0))
         else:
             out.append(UnilateralNet(build_backbone(backbone, width=0.125), 20, 4, dropout=0.0))
+        for m in out[-1].modules():  # vgg11's classifier drops out too; fused, one RNG draws other masks
+            if isinstance(m, nn.Dropout):
+                m.p = 0.0
     return out
 
 

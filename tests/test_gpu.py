@@ -136,3 +136,26 @@ def test_fast_path_variants_train_like_the_plain_path(tmp_path, fast):
     for losses, reference in zip(train_losses(tmp_path / "fast", *fast), plain, strict=True):
         assert np.isfinite(losses).all() and losses[-1] < losses[0] - 0.5
         assert abs(losses[-1] - reference[-1]) < 0.35, (losses, reference)  # bf16 rounding, not a bug
+
+
+def test_a_full_width_bilateral_vgg11_trains_a_step_within_its_memory():
+    """258,515,832 parameters (1 GB of fp32 weights): weights, Adam's two moments and the gradients
+    are 4 GB; a step at batch 256 must fit in a few more, not in the card's whole memory."""
+    from bilateral.models import BilateralNet, build_backbone, count_parameters
+
+    dev = torch.device("cuda")
+    torch.cuda.reset_peak_memory_stats(dev)
+    net = BilateralNet(build_backbone("vgg11"), build_backbone("vgg11"), 100, 20, dropout=0.6).to(dev)
+    assert count_parameters(net) == 258_515_832
+    optimizer = torch.optim.Adam(net.parameters(), lr=1e-4)
+    x = torch.randn(256, 3, 32, 32, device=dev)
+    for _ in range(2):
+        out = net(x)
+        loss = out["fine"].logsumexp(1).mean() + out["coarse"].logsumexp(1).mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    torch.cuda.synchronize(dev)
+    peak_gb = torch.cuda.max_memory_allocated(dev) / 2**30
+    print(f"bilateral vgg11 step, batch 256: peak {peak_gb:.2f} GiB")
+    assert torch.isfinite(loss) and 3.0 < peak_gb < 8.0

@@ -1,14 +1,18 @@
 """Models: exact sizes of the paper's networks, shapes, hemisphere freezing, strict checkpoint loading."""
 
+import numpy as np
 import pytest
 import torch
 import torchvision
 from torch import nn
 
+from bilateral.analysis.gradcam import hemisphere_maps
+from bilateral.assemble import build_model
+from bilateral.config import load_config
 from bilateral.errors import CheckpointError, ConfigError
+from bilateral.experiment import build_plan
 from bilateral.models import (
     BACKBONES,
-    VGG11,
     BilateralNet,
     Ensemble,
     ResNet9,
@@ -17,6 +21,7 @@ from bilateral.models import (
     count_parameters,
     load_state_strict,
 )
+from bilateral.models.vgg import VGG11Features
 
 
 def images(batch: int = 4) -> torch.Tensor:
@@ -38,14 +43,57 @@ def test_cifar_resnet_with_two_heads_has_the_paper_parameter_count(name: str, ex
     assert count_parameters(UnilateralNet(build_backbone(name), 100, 20)) == expected
 
 
-def test_vgg11_matches_torchvision_configuration_a() -> None:
-    assert count_parameters(VGG11()) == count_parameters(torchvision.models.vgg11().features)
+def test_vgg11_is_torchvision_vgg11_without_its_last_linear() -> None:
+    torch.manual_seed(0)
+    reference = torchvision.models.vgg11(weights=None).eval()
+    torch.manual_seed(0)
+    ours = build_backbone("vgg11").eval()
+    state, expected = ours.state_dict(), reference.state_dict()
+    assert list(state) == [k for k in expected if not k.startswith("classifier.6.")]
+    assert all(torch.equal(v, expected[k]) for k, v in state.items())  # torchvision's init too
+    x = images(2)
+    with torch.no_grad():
+        torch.testing.assert_close(reference.classifier[-1](ours(x)), reference(x))
+    assert ours.out_dim == 4096 and count_parameters(VGG11Features()) == count_parameters(reference.features)
+
+
+def test_narrow_vgg11_scales_the_classifier_and_keeps_torchvision_init() -> None:
+    """CPU widths shrink the 25088 -> 4096 -> 4096 classifier with the convs; torchvision's VGG
+    init: Kaiming normal (fan out) convs, N(0, 0.01) linears, zero biases."""
+    torch.manual_seed(0)
+    net = build_backbone("vgg11", width=0.5)
+    linears = [m for m in net.modules() if isinstance(m, nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linears] == [(256 * 49, 2048), (2048, 2048)]
+    assert net.out_dim == 2048 and net(images(2)).shape == (2, 2048)
+    for m in net.modules():
+        if isinstance(m, nn.Conv2d | nn.Linear):
+            std = 0.01 if isinstance(m, nn.Linear) else (2 / (9 * m.out_channels)) ** 0.5
+            assert m.weight.std().item() == pytest.approx(std, rel=0.1) and not m.bias.any()
+
+
+@pytest.mark.parametrize(
+    ("kind", "expected"),
+    [("hemisphere-fine", 128_766_336), ("unilateral", 129_257_976), ("bilateral-specialised", 258_515_832)],
+)
+def test_vgg11_nets_have_the_authors_parameter_counts(kind: str, expected: int) -> None:
+    """CIFAR-100 (100 fine, 20 coarse classes) at the paper's width; a hemisphere's backbone alone."""
+    plan = build_plan(load_config("paper", overrides=["plan.backbone=vgg11", "plan.seeds=[0]"]))
+    spec = next(s for s in plan.runs if s.kind == kind and s.backbone == "vgg11")
+    net = build_model(spec, 100, 20)
+    assert count_parameters(net.backbone if kind == "hemisphere-fine" else net) == expected
+
+
+def test_gradcam_of_a_vgg11_hemisphere_is_finite_and_varies() -> None:
+    torch.manual_seed(0)
+    maps = hemisphere_maps(UnilateralNet(build_backbone("vgg11", width=0.125), None, 20), images(4))
+    assert maps.shape == (4, 32, 32) and np.isfinite(maps).all()
+    assert (maps.reshape(4, -1).std(1) > 1e-3).all()
 
 
 @pytest.mark.parametrize("name", sorted(BACKBONES))
 def test_backbone_maps_images_to_out_dim_features(name: str) -> None:
     backbone = build_backbone(name, width=0.25)
-    assert backbone.out_dim == (64 if name == "vit-small" else 128)  # the ViT: 256 * width
+    assert backbone.out_dim == {"vit-small": 64, "vgg11": 1024}.get(name, 128)  # 256 and 4096 * width
     assert backbone(images(2)).shape == (2, backbone.out_dim)
     assert backbone.gradcam_layers and all(m in set(backbone.modules()) for m in backbone.gradcam_layers)
 
@@ -83,7 +131,7 @@ def test_bilateral_net_concatenates_different_hemispheres() -> None:
     x = images(3)
     out = net(x)
     assert {k: v.shape for k, v in out.items()} == {"fine": (3, 10), "coarse": (3, 2)}
-    assert net.features(x).shape == (3, 128)
+    assert net.features(x).shape == (3, 64 + 512)
     assert torch.equal(net.features(x), torch.cat([net.left_features(x), net.right_features(x)], dim=1))
     assert torch.equal(out["fine"], net.heads["fine"](net.features(x)))
 

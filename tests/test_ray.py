@@ -83,9 +83,10 @@ def test_ray_job_submit(tmp_path, ray_cluster):
 
 
 def ddp_spec(*overrides):
-    # What DDP can truly claim to equal: VGG-11 has no BatchNorm (CPU DDP has no SyncBatchNorm),
-    # dropout is off and plain SGD's step is linear in the gradient, so 2 workers follow one worker
-    # with the same global batch up to the order of float sums. (Adam, the smoke preset's optimiser,
+    # What DDP can truly claim to equal: VGG-11's convs (vgg11-features) have no BatchNorm (CPU DDP
+    # has no SyncBatchNorm) and no dropout (vgg11's classifier has its own, drawn per rank), the
+    # heads' dropout is off and plain SGD's step is linear in the gradient, so 2 workers follow one
+    # worker with the same global batch up to the order of float sums. (Adam, the smoke preset's optimiser,
     # divides by the root of the squared gradient: near-zero gradients that differ in their last bits
     # move weights by up to the learning rate, which no tolerance can honestly cover.)
     return [
@@ -93,7 +94,7 @@ def ddp_spec(*overrides):
         "--models",
         "unilateral",
         "--backbone",
-        "vgg11",
+        "vgg11-features",
         "model.dropout=0.0",
         "train.epochs=1",
         "optim.name=sgd",

@@ -229,12 +229,14 @@ class SweepContext:
 
     # ------------------------------------------------------------------------------------ models
     def model(self, run: RunStore) -> nn.Module:
-        """The run's best checkpoint in a freshly built network, on the device, in eval mode."""
+        """The checkpoint the run was tested with (train.test_checkpoint) in a freshly built network,
+        on the device, in eval mode."""
         if run.run_id not in self._models:
             data = self.data(run)
             model = build_model(self.spec(run), data.num_fine, data.num_coarse)
-            path = run.path("checkpoints/best.pt")
-            load_state_strict(model, run.load_checkpoint("best")["model"], source=str(path))
+            tested = self.record(run.run_id).get("tested_checkpoint", "best")
+            path = run.path(f"checkpoints/{tested}.pt")
+            load_state_strict(model, run.load_checkpoint(tested)["model"], source=str(path))
             model.to(self.device).eval()
             self._models[run.run_id] = model
         return self._models[run.run_id]

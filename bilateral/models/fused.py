@@ -73,7 +73,7 @@ def _fuse_leaf(modules: Sequence[nn.Module]) -> nn.Module:
         return copy.deepcopy(first)
     raise ConfigError(
         f"cannot fuse {type(first).__name__}: fused training supports conv/BN/linear networks "
-        "(resnet9, vgg11, resnet18/34); train this kind without --fuse"
+        "(resnet9, vgg11, vgg11-features, resnet18/34); train this kind without --fuse"
     )
 
 

@@ -7,7 +7,7 @@ from torch import nn
 from bilateral.errors import ConfigError
 from bilateral.models.cifar_resnet import resnet18, resnet34
 from bilateral.models.resnet9 import ResNet9, resnet9_dilated
-from bilateral.models.vgg import VGG11
+from bilateral.models.vgg import VGG11, VGG11Features
 
 
 def _vit_small(width: float = 1.0, bn_momentum: float = 0.1) -> nn.Module:
@@ -20,7 +20,8 @@ BACKBONES: dict[str, Callable[..., nn.Module]] = {
     "resnet9": ResNet9,
     "resnet9-dilated": resnet9_dilated,
     "vit-small": _vit_small,
-    "vgg11": VGG11,
+    "vgg11": VGG11,  # the authors': torchvision's VGG-11 to its 4096-d penultimate layer
+    "vgg11-features": VGG11Features,  # its convs alone, 512-d: the cheap variant
     "resnet18": resnet18,
     "resnet34": resnet34,
 }
