@@ -107,7 +107,7 @@ def test_mismatched_checkpoint_fails_that_run_only(tmp_path):
 
 
 def test_sigkill_mid_sweep_then_rerun_matches_uninterrupted(tmp_path):
-    args = ["--models", "bilateral-specialised,unilateral", "--seeds", "0,1", "train.epochs=3"]
+    args = ["--models", "bilateral-specialised,unilateral", "--seeds", "0", "train.epochs=3"]  # 4 runs
     reference = subprocess.run(sweep_cmd(tmp_path / "ref", *args), capture_output=True, text=True, cwd=REPO)
     assert reference.returncode == 0, reference.stderr
 
@@ -130,14 +130,14 @@ def test_sigkill_mid_sweep_then_rerun_matches_uninterrupted(tmp_path):
     proc.wait()
     finished = {p: p.stat().st_mtime_ns for p in runs.glob("*/record.json")}
     logs = {p: p.read_bytes() for p in runs.glob("*/metrics.jsonl") if (p.parent / "record.json") in finished}
-    assert finished and len(finished) < 8
+    assert finished and len(finished) < 4
 
     rerun = subprocess.run(sweep_cmd(tmp_path / "killed", *args), capture_output=True, text=True, cwd=REPO)
     assert rerun.returncode == 0, rerun.stderr
     assert all(p.stat().st_mtime_ns == t for p, t in finished.items())  # no finished run trained again
     assert all(p.read_bytes() == b for p, b in logs.items())
     records = [json.loads(p.read_text()) for p in runs.glob("*/record.json")]
-    assert len(records) == 8 and any(r["resumed_from_epoch"] for r in records)
+    assert len(records) == 4 and any(r["resumed_from_epoch"] for r in records)
 
     cols = [
         "model",
