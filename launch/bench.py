@@ -355,8 +355,8 @@ def _median_seconds(write: Callable[[], None], times: int = 3) -> float:
 
 def _projected_hours(cfg: SweepConfig, images_per_s: float, overheads: Overheads) -> dict[str, float]:
     """Hours of a preset's whole plan, one run at a time, for a unilateral ResNet-9 of the config's
-    model.width that trains at images_per_s: training steps, evaluation every epoch and
-    checkpoints, each run weighed by its forward cost (training, evaluation) or its parameters
+    model.width that trains at images_per_s: training steps, evaluation every train.eval_every
+    epochs and checkpoints, each run weighed by its forward cost (training, evaluation) or its parameters
     (checkpoints) against that network."""
     base = UnilateralNet(build_backbone("resnet9", cfg.model.width), 100, 20)
     base_macs, base_params = _macs(base), count_parameters(base)
@@ -371,8 +371,9 @@ def _projected_hours(cfg: SweepConfig, images_per_s: float, overheads: Overheads
         step = forward if spec.kind_spec.trains_backbones(spec) else forward / 3
         epochs = spec.train.epochs
         writes = -(-epochs // spec.train.checkpoint_every)  # every N epochs and after the last one
+        validations = -(-epochs // spec.train.eval_every)  # likewise
         hours["training"] += epochs * train_images * step / images_per_s / 3600
-        hours["evaluation"] += epochs * cfg.data.val_size * forward * overheads.eval_s_per_image / 3600
+        hours["evaluation"] += validations * cfg.data.val_size * forward * overheads.eval_s_per_image / 3600
         # `best` at every write: an upper bound (validation improves most epochs early on)
         share = count_parameters(model) / base_params
         hours["checkpoint"] += writes * (overheads.last_s + overheads.best_s) * share / 3600
@@ -389,12 +390,13 @@ def _print_projections(rates: dict[str, float], variants: list[dict], data, indi
     last_s, best_s = _checkpoint_seconds(data, device, width)
     print(
         f"\nprojected wall time of each preset's whole plan, one run at a time ({device}, width {width}):\n"
-        "  training steps at the rate of the variant that trains as the preset does, each epoch's fp32\n"
-        "  evaluation of data.val_size images, and every train.checkpoint_every epochs `last` and `best`\n"
-        f"  (an upper bound), measured here: `last` {last_s:.3f} s, `best` {best_s:.3f} s per write"
+        "  training steps at the rate of the variant that trains as the preset does, the fp32 evaluation\n"
+        "  of data.val_size images every train.eval_every epochs, and every train.checkpoint_every epochs\n"
+        "  `last` and `best`"
+        f" (an upper bound), measured here: `last` {last_s:.3f} s, `best` {best_s:.3f} s per write"
     )
     rows = []
-    for preset in ("fast", "paper"):
+    for preset in ("fast", "paper", "authors"):
         cfg = load_config(preset, overrides=[f"model.width={width}"])
         variant, notes = _variant_for(cfg, device, variants)
         eval_s = _eval_seconds_per_image(cfg, data, indices, device, width)

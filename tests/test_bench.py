@@ -47,7 +47,11 @@ def test_train_benchmark_prints_ratios_and_projections(capsys):
     hours_columns = ["training h", "evaluation h", "checkpoint h", "total h"]
     assert header == ["preset", "variant", "images/s", *hours_columns]
     # on a CPU `fast` trains in fp32 (no bf16 there), so its own variant is channels_last alone
-    assert [r[:2] for r in projection] == [["fast", "memory + channels_last"], ["paper", "memory"]]
+    assert [r[:2] for r in projection] == [
+        ["fast", "memory + channels_last"],
+        ["paper", "memory"],
+        ["authors", "memory"],
+    ]
     assert "fast: train.bf16 applies on CUDA GPUs only: this CPU run trains in fp32" in out
     assert "not measured" not in out  # both presets' variants were timed
     rates = {r[0]: r[1] for r in table}
@@ -82,6 +86,8 @@ def test_projection_counts_checkpoints_every_checkpoint_every_epochs():
     assert second["checkpoint"] == pytest.approx(each["checkpoint"] / 2)
     assert (second["training"], second["evaluation"]) == (each["training"], each["evaluation"])
     assert each["evaluation"] > 0 and each["training"] > 0
+    authors = _projected_hours(load_config("authors", overrides=["model.width=0.125"]), 1000.0, overheads)
+    assert authors["evaluation"] == pytest.approx(each["evaluation"] / 2)  # validation every 2 epochs
 
 
 def test_pack_benchmark_compares_sequential_packed_and_fused(capsys):
