@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 
 from bilateral.comparison import Comparison, Row, load_comparison
@@ -74,12 +75,7 @@ class RunSpec:
         """Hash of what changes results: how often checkpoints are written does not."""
         identity = self.to_dict()
         identity["train"].pop("checkpoint_every")
-        for key in (
-            "plugin",
-            "row",
-            "options",
-            "settings",
-        ):  # unset, they leave the paper's run ids as they were
+        for key in ("plugin", "row", "options", "settings"):  # unset, the paper's run ids stay as they were
             if not identity[key]:
                 identity.pop(key)
         for (section, key), default in LATER_DEFAULTS.items():  # so do settings added since, at their default
@@ -87,7 +83,16 @@ class RunSpec:
                 identity[section].pop(key)
         digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:8]
         member = f"-m{self.member}" if self.member else ""
-        return f"{self.model_name}-{self.backbone_name}-s{self.seed}{member}-{digest}"
+        return f"{self._id_name}-{self.backbone_name}-s{self.seed}{member}-{digest}"
+
+    @property
+    def _id_name(self) -> str:
+        """model_name in characters every file system, shell and scheduler takes: a run a row's
+        settings retrain is `hemisphere-fine_model.bn_momentum-0.9`, not `hemisphere-fine [...]`."""
+        if self.row or not self.settings:
+            return self.model_name
+        slug = "_".join(f"{key}-{value}" for key, value in sorted(self.settings.items()))
+        return f"{self.base_model}_{re.sub(r'[^A-Za-z0-9._-]', '-', slug)}"
 
     @property
     def init_seed(self) -> int:

@@ -3,6 +3,7 @@ their own (experiments/protocol.yaml), and the check against the authors' figure
 
 import dataclasses
 import math
+import re
 from importlib import resources
 
 import numpy as np
@@ -212,6 +213,10 @@ def test_the_protocol_comparison_shares_what_a_setting_does_not_change():
         "last",
     )
     assert len(plan.runs) == 19
+    assert all(re.fullmatch(r"[A-Za-z0-9._-]+", spec.run_id) for spec in plan.runs)  # a safe directory name
+    assert by_name["hemisphere-fine [model.bn_momentum=0.9]"].run_id.startswith(
+        "hemisphere-fine_model.bn_momentum-0.9-resnet9-s0-"
+    )
 
 
 def test_a_rows_settings_are_checked_where_they_enter(tmp_path):
