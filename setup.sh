@@ -17,4 +17,6 @@ fi
 [ -x .venv/bin/python ] || python3 -m venv .venv
 # torch 2.14.1 + torchvision 0.29.1 is the pair that works on these machines (CPU or CUDA).
 .venv/bin/pip install -q --disable-pip-version-check torch==2.14.1 torchvision==0.29.1 -e ".[all]"
+# torchattacks pins requests~=2.25.1, which Ray's dependencies refuse; it needs nothing else beyond torch.
+.venv/bin/pip install -q --disable-pip-version-check --no-deps torchattacks==3.5.1
 echo "$want" > "$stamp"

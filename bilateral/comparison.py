@@ -11,6 +11,7 @@
         kind: bilateral-specialised           #   apply to its runs and to the runs it depends on,
         settings: {model.bn_momentum: 0.9}    #   which are then named "<row> [<settings>]"
     kind_modules: [my_lab.kinds]              # modules declaring more kinds (optional)
+    settings: {data.holdout_per_coarse: 1}    # config settings every run of it trains under (optional)
 
 Presets say how runs train (optimiser, epochs, data size); comparisons say which rows there are.
 """
@@ -53,6 +54,7 @@ class Comparison:
     name: str
     rows: list[Row]
     kind_modules: list[str] = field(default_factory=list)
+    settings: dict[str, Any] = field(default_factory=dict)  # for every run: the comparison needs them
 
 
 def shipped() -> list[str]:
@@ -78,17 +80,25 @@ def load_comparison(name_or_path: str) -> Comparison:
         ) from None
     if not isinstance(data, dict) or not isinstance(data.get("rows"), list) or not data["rows"]:
         raise ConfigError(f"experiment file {str(path)!r} needs a non-empty list `rows:` (see {__name__})")
-    unknown = sorted(set(data) - {"rows", "kind_modules"})
+    unknown = sorted(set(data) - {"rows", "kind_modules", "settings"})
     if unknown:
         raise ConfigError(
-            f"experiment file {str(path)!r}: unknown key(s) {unknown}; the known keys are rows, kind_modules"
+            f"experiment file {str(path)!r}: unknown key(s) {unknown}; the known keys are rows, "
+            "kind_modules, settings"
         )
+    settings = data.get("settings") or {}
+    if not isinstance(settings, dict):
+        raise ConfigError(f"experiment file {str(path)!r}: settings must be a mapping")
+    for key in settings:
+        _check_setting(str(key), f"experiment file {str(path)!r}")
     rows = [_row(entry, path) for entry in data["rows"]]
     names = [r.name for r in rows]
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:
         raise ConfigError(f"experiment file {str(path)!r} names row(s) {twice} twice: give each its own name")
-    return Comparison(path.stem, rows, list(data.get("kind_modules") or []))
+    return Comparison(
+        path.stem, rows, list(data.get("kind_modules") or []), {str(k): v for k, v in settings.items()}
+    )
 
 
 def _row(entry: Any, path: Path) -> Row:

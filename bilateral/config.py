@@ -57,6 +57,8 @@ class DataConfig:
     split_seed: int = bounded(0, 0)  # the same validation split for every run of a sweep
     train_subset: int | None = bounded(None, 1)  # stratified subset of the remaining train images (CPU-sized)
     test_subset: int | None = bounded(None, 1)  # stratified subset of the test set (CPU-sized runs)
+    holdout_per_coarse: int = bounded(0, 0)  # fine classes per coarse class kept out of every split
+    # the runs see (train, val, pool, test), for the evaluation's transfer part (bilateral/data/holdout)
     loader: str = "memory"  # memory (on-device tensors) | ffcv (.beton files) | torch (DataLoader)
 
 

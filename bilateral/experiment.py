@@ -19,7 +19,11 @@ from bilateral.errors import ConfigError
 from bilateral.kinds import Kind, all_kinds, kind_of, load_kind_modules
 from bilateral.models.registry import UNFUSABLE
 
-LATER_DEFAULTS = {("train", "eval_every"): 1, ("train", "test_checkpoint"): "best"}
+LATER_DEFAULTS = {
+    ("train", "eval_every"): 1,
+    ("train", "test_checkpoint"): "best",
+    ("data", "holdout_per_coarse"): 0,
+}
 
 
 @dataclass(frozen=True)
@@ -198,6 +202,8 @@ class PlanBuilder:
     backbones and options), and every run added so far."""
 
     def __init__(self, cfg: SweepConfig, comparison: Comparison):
+        if comparison.settings:  # e.g. transfer: classes held out of every run
+            cfg = with_settings(cfg, comparison.settings, f"experiment {comparison.name!r}")
         self.cfg = cfg
         self.pool_size = cfg.plan.pool_size
         self.runs: dict[str, RunSpec] = {}

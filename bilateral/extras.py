@@ -15,7 +15,11 @@ EXTRA_OF = {
     "pytorch_grad_cam": "analysis",
     "matplotlib": "analysis",
     "lightly": "unsupervised",
+    "imagecorruptions": "evaluation",
 }
+# Installed outside the extras: torchattacks 3.5.1 pins requests~=2.25.1, which Ray's dependencies
+# refuse, while the attacks themselves need only torch, torchvision, scipy, tqdm, numpy and Pillow.
+NO_DEPS = {"torchattacks": "torchattacks==3.5.1"}
 
 
 def require(module: str, purpose: str) -> ModuleType:
@@ -23,6 +27,11 @@ def require(module: str, purpose: str) -> ModuleType:
     try:
         return importlib.import_module(module)
     except ImportError as exc:
+        if module in NO_DEPS:
+            raise ConfigError(
+                f"{purpose} needs {module}, which cannot be imported ({exc}). Fix: pip install --no-deps "
+                f"{NO_DEPS[module]} (its own pins conflict with Ray's; bash setup.sh does this)"
+            ) from None
         extra = EXTRA_OF[module]
         raise ConfigError(
             f"{purpose} needs {module}, which cannot be imported ({exc}). Fix: pip install -e '.[{extra}]' "

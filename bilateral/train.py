@@ -31,6 +31,7 @@ from tqdm import tqdm
 
 import bilateral
 from bilateral.assemble import build_model
+from bilateral.config import DataConfig
 from bilateral.data import (
     HierarchicalDataset,
     load_dataset,
@@ -38,6 +39,7 @@ from bilateral.data import (
     validation_split,
 )
 from bilateral.data.beton import prepare_betons, split_parts
+from bilateral.data.holdout import without_held_out
 from bilateral.data.loader import LoaderOptions
 from bilateral.data.loaders import Loader, make_loader
 from bilateral.distributed import fail_together, from_rank0, rank_and_world
@@ -125,6 +127,16 @@ class Splits:
 def load_data(source: str, data_dir: str, verify_md5: bool) -> HierarchicalDataset:
     """Once per process: a local sweep decodes its dataset once for all its runs."""
     return load_dataset(source, cache_dir=data_dir, verify_md5=verify_md5)
+
+
+def run_data(cfg: DataConfig, data_dir: str) -> HierarchicalDataset:
+    """The data a run trains, validates and is tested on: its source less any held-out classes."""
+    return _without_held_out(cfg.source, data_dir, cfg.verify_md5, cfg.holdout_per_coarse, cfg.split_seed)
+
+
+@functools.lru_cache(maxsize=4)
+def _without_held_out(source: str, data_dir: str, verify_md5: bool, per_coarse: int, seed: int):
+    return without_held_out(load_data(source, data_dir, verify_md5), per_coarse, seed)
 
 
 def make_splits(data: HierarchicalDataset, spec: RunSpec) -> Splits:
@@ -247,7 +259,7 @@ def _run_unfinished(specs, store, device, data_dir, on_epoch, placement) -> list
         "placement": placement.to_dict() if placement is not None else None,
     }
     prepared = time.perf_counter()
-    source = load_data(spec.data.source, data_dir, spec.data.verify_md5)
+    source = run_data(spec.data, data_dir)
     data = spec.kind_spec.dataset(spec, store, source, dev)  # e.g. coarse labels replaced by clusters
     splits = make_splits(data, spec)
     check_batches(splits, spec)

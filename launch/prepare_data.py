@@ -21,7 +21,7 @@ from bilateral.config import PRESETS, load_config
 from bilateral.data.beton import prepare_betons, split_parts
 from bilateral.errors import BilateralError
 from bilateral.experiment import build_plan
-from bilateral.train import load_data, make_splits
+from bilateral.train import make_splits, run_data
 
 
 def main(argv: list[str]) -> int:
@@ -37,7 +37,7 @@ def main(argv: list[str]) -> int:
     try:
         cfg = load_config(args.preset, args.config, overrides)
         spec = build_plan(cfg).runs[0]  # every run of a sweep shares the data section
-        data = load_data(cfg.data.source, cfg.data_dir, cfg.data.verify_md5)
+        data = run_data(spec.data, cfg.data_dir)
         splits = make_splits(data, spec)
         paths = prepare_betons(data, split_parts(splits), cfg.data_dir, workers=args.workers)
     except BilateralError as exc:

@@ -109,10 +109,11 @@ def resolve_config(args: argparse.Namespace) -> SweepConfig:
 def preflight(cfg: SweepConfig, plan: Plan) -> None:
     """Fail before any training on what would fail every run: the data, and every architecture."""
     from bilateral.assemble import build_model
-    from bilateral.train import check_batches, load_data, make_splits
+    from bilateral.train import check_batches, make_splits, run_data
 
-    data = load_data(cfg.data.source, cfg.data_dir, cfg.data.verify_md5)
     trained = [s for s in plan.runs if s.trains]
+    # the runs' data: a comparison's settings may hold classes out of it
+    data = run_data(trained[0].data if trained else cfg.data, cfg.data_dir)
     if trained:
         check_batches(make_splits(data, trained[0]), trained[0])  # one data and train config per sweep
     for spec in {(s.kind, s.backbone, s.right_backbone): s for s in trained}.values():

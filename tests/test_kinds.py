@@ -99,6 +99,8 @@ def test_the_dry_run_prints_rows_with_their_dependencies_and_parameters(tmp_path
         ("rows:\n  - name: x\n    colour: red\n", "unknown key(s) ['colour']"),
         ("rows: [unilateral, unilateral]\n", "names row(s) ['unilateral'] twice"),
         ("rows: [unilateral\n", "is not valid YAML at line"),
+        ("settings: {plan.seeds: [0]}\nrows: [unilateral]\n", "setting 'plan.seeds' is not a key of a run's"),
+        ("settings: {data.holdout_per_coarse: -1}\nrows: [unilateral]\n", "holdout_per_coarse"),
     ],
 )
 def test_bad_comparison_files_are_clear_errors(tmp_path, text, message):

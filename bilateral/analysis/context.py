@@ -23,7 +23,7 @@ from bilateral.experiment import RunSpec
 from bilateral.kinds import kind_of, with_role
 from bilateral.models import load_state_strict
 from bilateral.store import RunStore, SweepStore
-from bilateral.train import load_data, resolve_device
+from bilateral.train import resolve_device, run_data
 
 log = logging.getLogger(__name__)
 
@@ -200,7 +200,7 @@ class SweepContext:
     # -------------------------------------------------------------------------------------- data
     def data(self, run: RunStore) -> HierarchicalDataset:
         spec = self.spec(run)
-        data = load_data(spec.data.source, self.data_dir, spec.data.verify_md5)
+        data = run_data(spec.data, self.data_dir)
         expected = self.record(run.run_id)["data_fingerprint"]
         if data.fingerprint() != expected:
             raise AnalysisError(

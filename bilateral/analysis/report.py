@@ -47,8 +47,9 @@ def write_report(
     sections: list[Section],
     errors: dict[str, str],
     preamble: list[str],
+    title: str = "Analysis",
 ) -> Path:
-    lines = [f"# Analysis of sweep `{sweep}`", "", *preamble, ""]
+    lines = [f"# {title} of sweep `{sweep}`", "", *preamble, ""]
     if errors:
         lines += ["## Parts that could not run", ""]
         lines += [f"- **{part}**: {msg}" for part, msg in errors.items()]
