@@ -41,14 +41,10 @@ def main(argv: list[str]) -> int:
     except BilateralError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    for part, error in result.errors.items():
-        print(f"{part} could not run: {error}", file=sys.stderr)
-    for run_id, why in result.damaged.items():
-        print(f"{run_id} left out of the evaluation: {why}", file=sys.stderr)
+    for line in result.problems("evaluation"):
+        print(line, file=sys.stderr)
     print(f"wrote {result.report}")
-    if not result.done:
-        return 2
-    return 1 if result.errors or result.damaged else 0
+    return result.exit_status()
 
 
 if __name__ == "__main__":

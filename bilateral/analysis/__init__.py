@@ -17,18 +17,15 @@ what to train; the other parts still run.
 from __future__ import annotations
 
 import logging
-import time
-import traceback
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
 from bilateral.analysis.context import KINDS, AnalysisError, SweepContext
-from bilateral.analysis.report import Section, write_report
-from bilateral.errors import BilateralError
+from bilateral.analysis.report import write_report
 from bilateral.extras import require
+from bilateral.parts import PartsResult, run_parts
 
 log = logging.getLogger(__name__)
 PARTS = ("scenarios", "gradcam", "similarity", "attribution", "probes")
@@ -37,14 +34,7 @@ LIBRARIES = ("matplotlib", "pytorch_grad_cam")  # the `analysis` extra: figures,
 __all__ = ["PARTS", "AnalysisError", "AnalysisResult", "analyze_sweep", "run_analysis"]
 
 
-@dataclass
-class AnalysisResult:
-    out: Path  # <sweep>/analysis
-    report: Path  # <sweep>/analysis/report.md
-    done: list[str] = field(default_factory=list)  # parts that ran
-    errors: dict[str, str] = field(default_factory=dict)  # part -> why it could not run
-    damaged: dict[str, str] = field(default_factory=dict)  # run -> what is wrong with its record
-    seconds: dict[str, float] = field(default_factory=dict)
+AnalysisResult = PartsResult  # what run_analysis returns
 
 
 def run_analysis(
@@ -78,22 +68,8 @@ def run_analysis(
         "attribution": lambda: attribution.run(ctx, out),
         "probes": lambda: probes.run(ctx, out),
     }
-    result = AnalysisResult(out=out, report=out / "report.md", damaged=ctx.damaged)
-    sections: list[Section] = []
-    for part in parts:
-        tic = time.perf_counter()
-        try:
-            sections.append(runners[part]())
-            result.done.append(part)
-        except BilateralError as exc:
-            result.errors[part] = str(exc)
-            log.error("analysis part %s could not run: %s", part, exc)
-        except Exception as exc:  # a bug in one part must not lose the others
-            result.errors[part] = f"{type(exc).__name__}: {exc} (traceback in analysis/errors.log)"
-            with open(out / "errors.log", "a") as f:
-                f.write(f"--- {part}\n{traceback.format_exc()}\n")
-            log.exception("analysis part %s failed", part)
-        result.seconds[part] = time.perf_counter() - tic
+    result = PartsResult(out=out, report=out / "report.md", damaged=ctx.damaged)
+    sections = run_parts(parts, runners, result, "analysis")
     write_report(out, ctx.root.name, sections, result.errors, _preamble(ctx, result))
     return result
 
@@ -103,7 +79,7 @@ def analyze_sweep(sweep_root: str | Path, device: str = "auto", data_dir: str = 
     return run_analysis(sweep_root, device=device, data_dir=data_dir).out
 
 
-def _preamble(ctx: SweepContext, result: AnalysisResult) -> list[str]:
+def _preamble(ctx: SweepContext, result: PartsResult) -> list[str]:
     rows = []
     for seed, runs in sorted(ctx.seeds.items()):
         for kind in KINDS:

@@ -18,18 +18,15 @@ that cannot run on the sweep says why in report.md; the other parts still run.
 from __future__ import annotations
 
 import logging
-import time
-import traceback
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pandas as pd
 
 from bilateral.analysis.report import Section, write_report
-from bilateral.errors import BilateralError
 from bilateral.evaluation.context import EvalContext, EvaluationError
 from bilateral.extras import require
+from bilateral.parts import PartsResult, run_parts
 
 log = logging.getLogger(__name__)
 PARTS = ("robustness", "corruptions", "detection", "transfer")
@@ -39,17 +36,7 @@ LIBRARIES = {  # module -> the parts that need it
     "imagecorruptions": ("corruptions", "detection"),
 }
 
-__all__ = ["PARTS", "EvaluationError", "EvaluationResult", "run_evaluation"]
-
-
-@dataclass
-class EvaluationResult:
-    out: Path  # <sweep>/evaluation
-    report: Path
-    done: list[str] = field(default_factory=list)
-    errors: dict[str, str] = field(default_factory=dict)  # part -> why it could not run
-    damaged: dict[str, str] = field(default_factory=dict)
-    seconds: dict[str, float] = field(default_factory=dict)
+__all__ = ["PARTS", "EvaluationError", "PartsResult", "run_evaluation"]
 
 
 def run_evaluation(
@@ -58,7 +45,7 @@ def run_evaluation(
     data_dir: str = "data",
     parts: Sequence[str] | None = None,
     images: int | None = None,
-) -> EvaluationResult:
+) -> PartsResult:
     """Run the chosen parts (default all); write CSVs, figures/ and report.md under <sweep>/evaluation.
 
     images caps the test images per seed (None: each run's whole test subset), and the held-out test
@@ -75,37 +62,30 @@ def run_evaluation(
     ctx = EvalContext(sweep_root, device=device, data_dir=data_dir, images=images)
     out = ctx.root / "evaluation"
     (out / "figures").mkdir(parents=True, exist_ok=True)
-    runners = {
-        "robustness": robustness.run,
-        "corruptions": corruptions.run,
-        "detection": detection.run,
-        "transfer": transfer.run,
+    modules = {
+        "robustness": robustness,
+        "corruptions": corruptions,
+        "detection": detection,
+        "transfer": transfer,
     }
-    result = EvaluationResult(out=out, report=out / "report.md", damaged=ctx.damaged)
-    sections: list[Section] = []
-    for part in parts:
-        tic = time.perf_counter()
-        try:
+    result = PartsResult(out=out, report=out / "report.md", damaged=ctx.damaged)
+
+    def part(name: str, runner: Callable[[EvalContext, Path], Section]) -> Callable[[], Section]:
+        def run() -> Section:
             for module, needed_by in LIBRARIES.items():
-                if part in needed_by:
-                    require(module, f"the evaluation part {part}")
-            sections.append(runners[part](ctx, out))
-            result.done.append(part)
-        except BilateralError as exc:
-            result.errors[part] = str(exc)
-            log.error("evaluation part %s could not run: %s", part, exc)
-        except Exception as exc:  # a bug in one part must not lose the others
-            result.errors[part] = f"{type(exc).__name__}: {exc} (traceback in evaluation/errors.log)"
-            with open(out / "errors.log", "a") as f:
-                f.write(f"--- {part}\n{traceback.format_exc()}\n")
-            log.exception("evaluation part %s failed", part)
-        result.seconds[part] = time.perf_counter() - tic
-        log.info("evaluation part %s: %.0f s", part, result.seconds[part])
+                if name in needed_by:
+                    require(module, f"the evaluation part {name}")
+            return runner(ctx, out)
+
+        return run
+
+    runners = {name: part(name, module.run) for name, module in modules.items()}
+    sections = run_parts(parts, runners, result, "evaluation")
     write_report(out, ctx.root.name, sections, result.errors, _preamble(ctx, result), title="Evaluation")
     return result
 
 
-def _preamble(ctx: EvalContext, result: EvaluationResult) -> list[str]:
+def _preamble(ctx: EvalContext, result: PartsResult) -> list[str]:
     rows = [
         {"seed": e.seed, "model": e.model, "heads": ", ".join(e.heads) or "none", "run": e.run_id}
         for e in ctx.runs

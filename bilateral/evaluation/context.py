@@ -155,7 +155,7 @@ class EvalContext:
     def test_images(self, seed: int) -> TestImages:
         """The seed's test subset, cut to --images (stratified by fine label, fixed): every model of the
         seed sees the same images."""
-        runs = [e for e in self.runs if e.seed == seed]
+        runs = [e for e in self.with_heads() if e.seed == seed]  # the runs that were tested
         index = self.test_index(runs[0].run_id)
         for e in runs[1:]:
             if not np.array_equal(index, self.test_index(e.run_id)):

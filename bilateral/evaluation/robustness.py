@@ -153,12 +153,12 @@ def run(ctx: EvalContext, out: Path) -> Section:
         "",
     )
     pgd_own = table[(table.attack == "none") | ((table.attack == "pgd") & (table.target == table["head"]))]
-    shown = _pivot(pgd_own, "PGD on the head itself")
+    shown = _pivot(pgd_own)
     section.table(shown, numparse=False)
     summed = table[(table.attack == "pgd") & (table.target == "summed")]
     if len(summed):
         section.add("PGD on the summed loss of both heads:", "")
-        section.table(_pivot(summed, ""), numparse=False)
+        section.table(_pivot(summed), numparse=False)
     section.figure(
         figures.robustness_curves(table, out / "figures" / "robustness.png"),
         "Accuracy against eps (PGD on each head itself; dashed: FGSM)",
@@ -167,7 +167,8 @@ def run(ctx: EvalContext, out: Path) -> Section:
     return section
 
 
-def _pivot(table: pd.DataFrame, _: str) -> pd.DataFrame:
+def _pivot(table: pd.DataFrame) -> pd.DataFrame:
+    """model x head rows, one column per eps (clean first): mean ± std over seeds."""
     grouped = table.groupby(["model", "head", "eps"], sort=False)["acc"].agg(["mean", "std"]).reset_index()
     grouped["cell"] = [pm(m, s) for m, s in zip(grouped["mean"], grouped["std"], strict=True)]
     wide = grouped.pivot(index=["model", "head"], columns="eps", values="cell").reset_index()

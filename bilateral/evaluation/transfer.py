@@ -20,6 +20,7 @@ import pandas as pd
 import torch
 
 from bilateral.analysis.report import Section, pm
+from bilateral.data import stratified_subset
 from bilateral.data.holdout import split_held_out
 from bilateral.evaluation import figures
 from bilateral.evaluation.context import EVAL_BATCH, EvalContext, Evaluated, EvaluationError
@@ -110,8 +111,6 @@ def run(ctx: EvalContext, out: Path) -> Section:
     source = load_data(spec.data.source, ctx.data_dir, spec.data.verify_md5)
     _, held = split_held_out(source, spec.data.holdout_per_coarse, spec.data.split_seed)
     assert held is not None
-    from bilateral.data import stratified_subset
-
     support_index = stratified_subset(held.train.fine, PROBE_TRAIN, seed=0)
     query_index = np.arange(len(held.test))
     if ctx.images and ctx.images < len(query_index):
