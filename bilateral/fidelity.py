@@ -49,3 +49,39 @@ def outside_bands(summary: pd.DataFrame) -> list[str]:
                     f"{band.low:.2f}-{band.high:.2f}"
                 )
     return lines
+
+
+# The authors' figures a reader compares a CIFAR-100 ResNet-9 sweep with, whatever its protocol:
+# (row, head) -> what their artefacts give.
+REFERENCE = {
+    ("hemisphere-fine", "fine"): "0.66-0.69",
+    ("hemisphere-coarse", "coarse"): "0.73-0.75",
+    ("bilateral-specialised", "fine"): "about 0.72",
+    ("bilateral-specialised", "coarse"): "about 0.82",
+}
+
+
+def reference_applies(config: dict) -> bool:
+    """CIFAR-100 with ResNet-9 hemispheres: the data and network their figures are of."""
+    plan, data = config.get("plan", {}), config.get("data", {})
+    return (
+        data.get("source", "").split(":")[0] == "cifar100"
+        and plan.get("backbone", "resnet9") == "resnet9"
+        and plan.get("right_backbone") in (None, "resnet9")
+    )
+
+
+def reference_table(summary: pd.DataFrame) -> str:
+    """The sweep's mean test accuracies beside the authors' figures, with their source."""
+    rows = []
+    for (model, head), theirs in REFERENCE.items():
+        mine = summary[(summary["model"] == model) & (summary["backbone"] == "resnet9")][f"{head}_acc_mean"]
+        rows.append(
+            {
+                "row": model,
+                "head": head,
+                "this sweep": "—" if mine.dropna().empty else f"{mine.dropna().iloc[0]:.4f}",
+                "the authors'": theirs,
+            }
+        )
+    return pd.DataFrame(rows).to_markdown(index=False) + f"\n\nSource: {SOURCE}."

@@ -18,11 +18,13 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from bilateral import fidelity
+from bilateral import fidelity, report_figures
 from bilateral.kinds import all_kinds
+from bilateral.report_figures import t_interval
 from bilateral.store import SweepStore, write_atomic
 
 log = logging.getLogger(__name__)
+MIN_PAIRS = 3  # fewer paired seeds: the report says its tests mean nothing
 REFERENCE = next(kind.name for kind in all_kinds() if kind.reference)  # the paper's model
 RUN_COLUMNS = [
     "run_id",
@@ -127,15 +129,48 @@ def setting_effects(runs: pd.DataFrame, ddof: int = 1) -> pd.DataFrame:
 
 
 def _paired(group: pd.DataFrame, reference: pd.DataFrame, ddof: int) -> dict:
-    """{pairs, <head>_diff_mean, <head>_diff_std, <head>_p}: group minus reference, seed by seed."""
+    """{pairs, <head>_diff_mean, <head>_diff_std, <head>_ci (95% half width), <head>_p}: group minus
+    reference, seed by seed."""
     paired = group.set_index("seed").join(reference.add_suffix("_ref"), how="inner")
     row: dict = {"pairs": len(paired)}
     for head in ("fine", "coarse"):
         diff = (paired[f"test_acc_{head}"] - paired[f"test_acc_{head}_ref"]).dropna()
         row[f"{head}_diff_mean"] = diff.mean() if len(diff) else np.nan
         row[f"{head}_diff_std"] = _std(diff, ddof)
+        row[f"{head}_ci"] = t_interval(diff)[1]
         row[f"{head}_p"] = _paired_p(diff)
     return row
+
+
+def holm(pvalues: list[float]) -> list[float]:
+    """Holm's step-down adjustment of a family of p-values (NaN: no test, left out of the family)."""
+    tested = sorted((p, i) for i, p in enumerate(pvalues) if not pd.isna(p))
+    adjusted = [np.nan] * len(pvalues)
+    running = 0.0
+    for rank, (p, i) in enumerate(tested):
+        running = max(running, min(1.0, (len(tested) - rank) * p))
+        adjusted[i] = running
+    return adjusted
+
+
+def with_holm(diffs: pd.DataFrame) -> pd.DataFrame:
+    """<head>_p_holm: every p-value of the table (both heads, every row) adjusted as one family."""
+    if diffs.empty:
+        return diffs
+    flat = holm([*diffs["fine_p"], *diffs["coarse_p"]])
+    n = len(diffs)
+    return diffs.assign(fine_p_holm=flat[:n], coarse_p_holm=flat[n:])
+
+
+def too_few_seeds(pairs: int) -> str | None:
+    """What a reader should be told when the seeds are too few for a test to mean anything."""
+    if pairs >= MIN_PAIRS:
+        return None
+    return (
+        f"**Too few seeds for these tests to mean anything**: {pairs} paired seed(s) give a t-test "
+        f"{max(pairs - 1, 0)} degree(s) of freedom, so its p-values and intervals say almost nothing. "
+        f"Run at least {MIN_PAIRS} seeds (5 for the paper's protocol: `--seeds 0-4`)."
+    )
 
 
 def _paired_p(diff: pd.Series) -> float:
@@ -155,28 +190,44 @@ def _pm_column(df: pd.DataFrame, mean: str, std: str) -> list[str]:
 
 
 def _diff_table(diffs: pd.DataFrame, label: dict[str, pd.Series]) -> str:
-    p = {
-        head: diffs[f"{head}_p"].map(lambda v: "—" if pd.isna(v) else f"{v:.3g}")
-        for head in ("fine", "coarse")
-    }
+    diffs = with_holm(diffs)
+
+    def p(column: str) -> pd.Series:
+        return diffs[column].map(lambda v: "—" if pd.isna(v) else f"{v:.3g}")
+
+    def ci(head: str) -> list[str]:
+        return [
+            "—" if pd.isna(h) else f"[{m - h:+.4f}, {m + h:+.4f}]"
+            for m, h in zip(diffs[f"{head}_diff_mean"], diffs[f"{head}_ci"], strict=True)
+        ]
+
     return pd.DataFrame(
         {
             **label,
             "pairs": diffs["pairs"],
             "Δ fine": _pm_column(diffs, "fine_diff_mean", "fine_diff_std"),
-            "p (fine)": p["fine"],
+            "95% CI (fine)": ci("fine"),
+            "p (fine)": p("fine_p"),
+            "Holm p (fine)": p("fine_p_holm"),
             "Δ coarse": _pm_column(diffs, "coarse_diff_mean", "coarse_diff_std"),
-            "p (coarse)": p["coarse"],
+            "95% CI (coarse)": ci("coarse"),
+            "p (coarse)": p("coarse_p"),
+            "Holm p (coarse)": p("coarse_p_holm"),
         }
     ).to_markdown(index=False)
 
 
 def markdown(
-    runs: pd.DataFrame, sweep: str, damaged: dict[str, str] | None = None, config: dict | None = None
+    runs: pd.DataFrame,
+    sweep: str,
+    damaged: dict[str, str] | None = None,
+    config: dict | None = None,
+    figures: list[tuple[str, str]] | None = None,
 ) -> str:
     """report.md: the summary, each baseline against the reference, each row's own settings against
     the row it varies, and, for the authors' setting, how the hemispheres compare with their figures.
-    config is the sweep's (sweep.json): its report.std_ddof and what the fidelity check needs."""
+    config is the sweep's (sweep.json): its report.std_ddof and what the fidelity check needs.
+    figures: (path relative to the sweep, caption) of each figure to embed."""
     config = config or {}
     ddof = config.get("report", {}).get("std_ddof", 1)
     summary, diffs, effects = (
@@ -205,7 +256,20 @@ def markdown(
         table.to_markdown(index=False),
         "",
     ]
-    paired = "Paired over seeds; p from a two-sided paired t-test (— when fewer than 2 pairs)."
+    if figures is not None:
+        text += [f"![{caption}]({path})\n\n*{caption}*\n" for path, caption in figures] or [
+            "(No figures: they need matplotlib, `pip install -e '.[analysis]'`; then rerun "
+            "`python launch/aggregate.py` on this sweep.)",
+            "",
+        ]
+    paired = (
+        "Paired over seeds: mean ± std of the differences, their 95% t-interval, p from a two-sided "
+        "paired t-test (— when fewer than 2 pairs) and Holm-corrected over every test of the table."
+    )
+    pairs = [int(t["pairs"].max()) for t in (diffs, effects) if not t.empty]
+    warning = too_few_seeds(max(pairs)) if pairs else None
+    if warning:
+        text += [warning, ""]
     if not diffs.empty:
         label = {"baseline": diffs["model"] + " / " + diffs["backbone"]}
         text += [f"## Each baseline minus {REFERENCE}", "", paired, "", _diff_table(diffs, label), ""]
@@ -220,6 +284,8 @@ def markdown(
             _diff_table(effects, label),
             "",
         ]
+    if fidelity.reference_applies(config):
+        text += ["## Beside the authors' figures", "", fidelity.reference_table(summary), ""]
     if fidelity.applies(config):
         outside = fidelity.outside_bands(summary)
         verdict = [f"- {line}: something in this setup differs from theirs" for line in outside] or [
@@ -252,10 +318,36 @@ def write_report(sweep_root: str | Path, copy_summary_to: str | Path | None = No
     summary = summarize(runs, config.get("report", {}).get("std_ddof", 1))
     write_atomic(store.root / "runs.csv", runs.to_csv(index=False).encode())
     write_atomic(store.root / "summary.csv", summary.to_csv(index=False).encode())
-    write_atomic(store.root / "report.md", markdown(runs, store.root.name, damaged, config).encode())
+    figures = _figures(store, runs, summary)
+    write_atomic(store.root / "report.md", markdown(runs, store.root.name, damaged, config, figures).encode())
     if copy_summary_to is not None:
         write_atomic(Path(copy_summary_to), summary.to_csv(index=False).encode())
     if fidelity.applies(config):
         for line in fidelity.outside_bands(summary):
             log.warning("%s: %s (see report.md)", store.root.name, line)
     return damaged
+
+
+def _figures(store: SweepStore, runs: pd.DataFrame, summary: pd.DataFrame) -> list[tuple[str, str]]:
+    """Draw the report's figures into <sweep>/figures; [] (and a warning) without matplotlib."""
+    if not report_figures.available():
+        log.warning(
+            "%s: no figures in report.md: they need matplotlib (pip install -e '.[analysis]')", store.root
+        )
+        return []
+    out = store.root / "figures"
+    drawn = []
+    curves = report_figures.curves(store, runs)
+    if not curves.empty:
+        path = report_figures.learning_curves(curves, out / "learning_curves.png")
+        drawn.append((path, "Validation accuracy per head against epoch, mean over seeds"))
+    drawn.append(
+        (report_figures.comparison(runs, out / "comparison.png"), "Test accuracy with 95% CIs over seeds")
+    )
+    drawn.append(
+        (
+            report_figures.accuracy_vs_compute(summary, out / "accuracy_vs_compute.png"),
+            "Accuracy against compute-hours",
+        )
+    )
+    return [(str(path.relative_to(store.root)), caption) for path, caption in drawn]

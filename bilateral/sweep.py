@@ -6,8 +6,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from tqdm import tqdm
-
+from bilateral import progress
 from bilateral.errors import CheckpointError, DamagedFileError, DiskFullError, describe_failure
 from bilateral.experiment import Plan, RunSpec, group_name
 from bilateral.placement import Placement
@@ -95,9 +94,8 @@ class InProcessExecutor:
         self.store, self.device, self.data_dir, self.fuse = store, device, data_dir, fuse
         self.placement = placement
         finished = sum(store.run(s.run_id).is_finished() for s in plan.runs)
-        self.progress = tqdm(
-            total=len(plan.runs), initial=finished, desc="runs done", unit="run", dynamic_ncols=True
-        )
+        self.done, self.total = finished, len(plan.runs)
+        self.progress = progress.bar(total=self.total, initial=finished, desc="runs done", unit="run")
 
     def __call__(self, specs: list[RunSpec]) -> dict[str, str]:
         failed = {}
@@ -105,6 +103,9 @@ class InProcessExecutor:
             self.progress.set_postfix_str(group_name(group))
             failed.update(run_logged(group, self.store, self.device, self.data_dir, placement=self.placement))
             self.progress.update(len(group))
+            self.done += len(group)
+            if not progress.interactive():  # piped: a line instead of the bar
+                log.info("runs done %d/%d", self.done, self.total)
         return failed
 
 

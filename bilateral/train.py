@@ -27,7 +27,6 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from tqdm import tqdm
 
 import bilateral
 from bilateral.assemble import build_model
@@ -56,6 +55,7 @@ from bilateral.models.fused import (
 )
 from bilateral.models.profile import profile_backbone
 from bilateral.placement import Placement, check_device
+from bilateral.progress import bar as progress_bar
 from bilateral.store import RunStore, SweepStore
 
 log = logging.getLogger(__name__)
@@ -510,14 +510,13 @@ def _train(
     start = states[0]["epoch"] + 1
     pending_best: list[dict | None] = [None] * k
     name = group_name(specs)
-    bar = tqdm(
+    bar = progress_bar(
         total=epochs * steps_per_epoch,
         initial=start * steps_per_epoch,
         desc=name,
         unit="step",
         leave=False,
         mininterval=2.0,
-        dynamic_ncols=True,
     )
     for epoch in range(start, epochs):
         net.train()

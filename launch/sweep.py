@@ -18,6 +18,8 @@ import logging
 import sys
 from pathlib import Path
 
+from tqdm.contrib.logging import logging_redirect_tqdm
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # ray_jobs/ and slurm/ sit beside launch/
 
 from bilateral.config import PRESETS, SweepConfig, load_config, parse_seeds, to_dict
@@ -263,7 +265,8 @@ def cli(argv: list[str]) -> int:
     """main() with logging set up and user errors printed without a traceback (exit code 2)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
     try:
-        return main(argv)
+        with logging_redirect_tqdm():  # on a terminal, log lines print above the bars, never through them
+            return main(argv)
     except BilateralError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

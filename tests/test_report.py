@@ -4,7 +4,15 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from bilateral.report import paired_differences, runs_table, summarize, write_report
+from bilateral.report import (
+    holm,
+    markdown,
+    paired_differences,
+    runs_table,
+    summarize,
+    too_few_seeds,
+    write_report,
+)
 from bilateral.store import SweepStore
 
 
@@ -87,3 +95,48 @@ def test_write_report_files(tmp_path):
     assert len(pd.read_csv(sweep.root / "runs.csv")) == len(RECORDS)
     report = (sweep.root / "report.md").read_text()
     assert "0.7200 ± 0.0200" in report and "minus bilateral-specialised" in report
+
+
+def test_holm_against_a_hand_computed_case():
+    # sorted 0.01, 0.02, 0.03, 0.04 times 4, 3, 2, 1 -> 0.04, 0.06, 0.06 (kept monotone), 0.06 (0.04 < 0.06)
+    assert holm([0.03, 0.01, float("nan"), 0.04, 0.02]) == pytest.approx(
+        [0.06, 0.04, math.nan, 0.06, 0.06], nan_ok=True
+    )
+    assert holm([0.5, 0.9]) == [1.0, 1.0]  # capped at 1
+
+
+def test_the_report_says_when_the_seeds_are_too_few_and_gives_intervals():
+    runs = runs_table(RECORDS)
+    report = markdown(runs, "s")
+    assert "Too few seeds" not in report  # 3 pairs
+    assert "95% CI (fine)" in report and "Holm p (fine)" in report
+    two_seeds = runs_table([r for r in RECORDS if r["seed"] < 2])
+    assert "Too few seeds for these tests to mean anything**: 2 paired seed(s)" in markdown(two_seeds, "s")
+    assert too_few_seeds(5) is None
+
+
+def test_the_report_embeds_learning_curves_comparison_and_compute_figures(tmp_path):
+    import json
+
+    sweep = SweepStore(tmp_path / "s")
+    for r in RECORDS:
+        run = sweep.run(r["run_id"])
+        run.path("record.json").parent.mkdir(parents=True)
+        run.path("record.json").write_text(json.dumps(r))
+        run.write_metrics(
+            [{"epoch": e, "val_acc_fine": 0.1 * e, "val_acc_coarse": 0.2 * e} for e in range(3)]
+        )
+    write_report(sweep.root)
+    report = (sweep.root / "report.md").read_text()
+    for name in ("learning_curves", "comparison", "accuracy_vs_compute"):
+        assert f"](figures/{name}.png)" in report
+        assert (sweep.root / "figures" / f"{name}.png").stat().st_size > 5000
+
+
+def test_a_cifar100_resnet9_report_puts_the_authors_figures_beside_its_own():
+    config = {"data": {"source": "cifar100:/datasets"}, "plan": {"backbone": "resnet9"}, "preset": "fast"}
+    report = markdown(runs_table(RECORDS), "s", config=config)
+    assert "## Beside the authors' figures" in report and "about 0.82" in report and "0.7200" in report
+    assert "Beside the authors'" not in markdown(
+        runs_table(RECORDS), "s", config={"data": {"source": "synthetic"}}
+    )
