@@ -73,7 +73,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         metavar="K",
         help="train up to K runs that differ only in seed or pool member as one fused network "
         "(grouped convolutions): fills a GPU with small models; each run keeps its own init, data "
-        "order, optimiser state and checkpoints (default 1 = apart; see README, Performance)",
+        "order, optimiser state and checkpoints (default 1 = apart; see docs/performance.md)",
     )
     p.add_argument("--out", help="results root (default results)")
     p.add_argument("--name", help="sweep name: results/<name>/ (default <preset>-<data>-<backbone>)")

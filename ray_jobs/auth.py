@@ -46,5 +46,5 @@ def connect_error(address: str, exc: BaseException) -> ConfigError:
         f"could not join the Ray cluster at {address} ({type(exc).__name__}: {str(exc).splitlines()[0]}); "
         f"here RAY_AUTH_MODE is {mode} and {' and '.join(given) or 'no token variable'} is set. Fix: check "
         "the address (`ray status --address ...`), and for a cluster with token auth export "
-        "RAY_AUTH_MODE=token and RAY_AUTH_TOKEN_PATH=<a copy of its token file> (README, Ray)"
+        "RAY_AUTH_MODE=token and RAY_AUTH_TOKEN_PATH=<a copy of its token file> (docs/ray.md)"
     )

@@ -2,7 +2,7 @@
 
 Token auth is OFF for this cluster (ENV; start() says so on stderr) unless start() is given a token
 file: it is the project's own test cluster on one machine. Any cluster that other people can reach
-keeps Ray's token auth on (ray_jobs/auth.py, README "Ray").
+keeps Ray's token auth on (ray_jobs/auth.py, docs/ray.md).
 
     python ray_jobs/cluster.py start --num-cpus 4 --state /tmp/bilateral-ray.json
     python ray_jobs/cluster.py stop --state /tmp/bilateral-ray.json
@@ -62,7 +62,7 @@ def start(num_cpus: int, state: Path, timeout_s: float = 120.0, token: Path | No
         print(
             "ray_jobs/cluster.py: starting a single-node Ray test cluster with token auth OFF "
             "(RAY_AUTH_MODE=disabled): every user of this machine can run code on it. For a cluster "
-            "others can reach, keep token auth on (README, Ray).",
+            "others can reach, keep token auth on (docs/ray.md).",
             file=sys.stderr,
         )
     cmd = [

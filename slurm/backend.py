@@ -57,7 +57,7 @@ def _whole(value, flag: str) -> int:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Flags of this backend (how each maps to sbatch: README, "Running on Slurm")."""
+    """Flags of this backend (how each maps to sbatch: docs/slurm.md)."""
     parser.add_argument("--partition", help="sbatch --partition")
     parser.add_argument("--account", help="sbatch --account")
     parser.add_argument("--qos", help="sbatch --qos")
