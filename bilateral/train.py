@@ -57,6 +57,7 @@ from bilateral.models.profile import profile_backbone
 from bilateral.placement import Placement, check_device
 from bilateral.progress import bar as progress_bar
 from bilateral.store import RunStore, SweepStore
+from bilateral.tracking import RunTracker
 
 log = logging.getLogger(__name__)
 HEADS = ("fine", "coarse")
@@ -508,6 +509,9 @@ def _train(
         metrics = [[m for m in rs.read_metrics() if m["epoch"] <= states[0]["epoch"]] for rs in run_stores]
         log.info("%s: resuming after epoch %d", ", ".join(s.run_id for s in specs), states[0]["epoch"] + 1)
     start = states[0]["epoch"] + 1
+    trackers = (
+        [RunTracker(rs.root, s, start) for s, rs in zip(specs, run_stores, strict=True)] if rank == 0 else []
+    )
     pending_best: list[dict | None] = [None] * k
     name = group_name(specs)
     bar = progress_bar(
@@ -574,6 +578,8 @@ def _train(
                 }
             )
             metrics[j].append(rows[-1])
+        for tracker, row in zip(trackers, rows, strict=False):  # rank 0 alone tracks
+            tracker.epoch(row)
         progress = _progress_row(rows, epochs)
         if on_epoch is not None:
             on_epoch(progress)
@@ -631,6 +637,8 @@ def _train(
             state["eval_time_s"] += eval_seconds / k
             state["wall_s"] += wall / k  # a fused member's share of the group's time
     bar.close()
+    for tracker, state in zip(trackers, states, strict=False):
+        tracker.finish(state["best_score"])
     finals = [net] if k == 1 else members
     trained = []
     for model, state, rs in zip(finals, states, run_stores, strict=True):

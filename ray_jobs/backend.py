@@ -187,6 +187,7 @@ class TuneExecutor:
 
     def __call__(self, specs: list[RunSpec]) -> dict[str, str]:
         from ray import tune
+        from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
         args, placement = self.args, self.placement
         self.stage += 1
@@ -221,9 +222,13 @@ class TuneExecutor:
                 storage_path=str(self.store.root.resolve() / "ray"),
                 failure_config=tune.FailureConfig(max_failures=args.max_failures if workers == 1 else 0),
                 verbose=1,
+                callbacks=[CSVLoggerCallback(), JsonLoggerCallback()],  # what Tune's own analysis reads
             ),
         )
         started = time.time()
+        # no TensorBoard events of Tune's own: every run writes its own (bilateral/tracking.py), and
+        # a second copy under results/<sweep>/ray would show each run twice in `tensorboard --logdir`
+        os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
         results = tuner.fit()
         failed = {}
         for result in results:

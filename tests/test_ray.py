@@ -16,6 +16,7 @@ from bilateral.comparison import load_comparison
 from bilateral.errors import ConfigError
 from ray_jobs import cluster
 from tests.conftest import CIFAR10_JPG, DATA_DIR, REPO, TINY, sweep_cmd
+from tests.test_tracking import events
 
 ENV = {**os.environ, **cluster.ENV, "OMP_NUM_THREADS": "1"}
 ACCURACY = ["model", "backbone", "seeds", "fine_acc_mean", "coarse_acc_mean"]
@@ -49,6 +50,11 @@ def test_ray_sweep_matches_local(tmp_path, ray_cluster):
     pd.testing.assert_frame_equal(local[ACCURACY], remote[ACCURACY], atol=0.02, check_exact=False)
     records = list((tmp_path / "ray" / "t" / "runs").glob("*/record.json"))
     assert len(records) == 2 + 1 + 2 + 1  # 2 hemispheres, bilateral, pool of 2, top-2
+    # every trained run's TensorBoard events are in its own directory, and Tune writes none of its own
+    for record in records:
+        if "ensemble" not in record.parent.name:
+            assert {"train/loss", "val/score"} <= set(events(record.parent).Tags()["scalars"])
+    assert not list((tmp_path / "ray" / "t" / "ray").rglob("events.out.tfevents*"))
 
 
 def test_ray_job_submit(tmp_path, ray_cluster):
