@@ -10,11 +10,27 @@ run drops the events past the checkpoint it resumed from, so the curves hold eac
 
 from __future__ import annotations
 
+import functools
+import logging
 from pathlib import Path
 
 from bilateral.experiment import RunSpec
 
+log = logging.getLogger(__name__)
 SCALARS = {"train_loss": "train/loss", "lr": "train/lr", "images_per_s": "speed/images_per_s"}
+
+
+@functools.cache
+def unavailable() -> str | None:
+    """None when TensorBoard events can be written; otherwise why not, warned once per process and
+    kept in each run's record (`tracking`), so a missing tensorboard never goes unnoticed."""
+    try:
+        import torch.utils.tensorboard  # noqa: F401
+    except ImportError as exc:
+        why = f"no TensorBoard events: {exc}. Fix: pip install tensorboard"
+        log.warning("%s", why)
+        return why
+    return None
 
 
 def tag_of(key: str) -> str | None:

@@ -1,12 +1,16 @@
 """Live tracking (bilateral/tracking.py): every run's TensorBoard events, on the local backend and
 through a resume that redoes an epoch (each epoch appears once)."""
 
+import json
+import os
+import subprocess
+
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from bilateral.store import RunStore, SweepStore
 from bilateral.train import run
-from tests.conftest import REPO, Killed
+from tests.conftest import REPO, Killed, sweep_cmd
 
 EPOCH_TAGS = {"train/loss", "train/lr", "speed/images_per_s", "val/acc_fine", "val/loss_fine", "val/score"}
 
@@ -24,7 +28,7 @@ def steps(run_dir, tag: str) -> list[int]:
 def test_a_run_writes_its_curves_and_settings_as_tensorboard_events(tmp_path, tiny_plan):
     (spec,) = tiny_plan("plan.models=[hemisphere-fine]", "train.epochs=3").runs
     store = SweepStore(tmp_path)
-    run(spec, store, device="cpu", data_dir=str(REPO / "data"))
+    record = run(spec, store, device="cpu", data_dir=str(REPO / "data"))
     run_dir = store.run(spec.run_id).root
     tags = set(events(run_dir).Tags()["scalars"])
     assert EPOCH_TAGS <= tags, tags
@@ -32,6 +36,7 @@ def test_a_run_writes_its_curves_and_settings_as_tensorboard_events(tmp_path, ti
     hparams = events(run_dir).PluginTagToContent("hparams")
     assert hparams, "no hparams summary"
     assert b"optim.lr" in b"".join(hparams.values())
+    assert record["tracking"] == "tensorboard"
 
 
 def test_a_resume_that_redoes_an_epoch_logs_it_once(tmp_path, tiny_plan, monkeypatch):
@@ -51,3 +56,18 @@ def test_a_resume_that_redoes_an_epoch_logs_it_once(tmp_path, tiny_plan, monkeyp
     record = run(spec, store, device="cpu", data_dir=str(REPO / "data"))
     assert record["resumed_from_epoch"] == 1
     assert steps(store.run(spec.run_id).root, "train/loss") == [1, 2, 3]
+
+
+def test_without_tensorboard_a_run_still_trains_and_its_record_says_why_it_has_no_events(tmp_path):
+    site = tmp_path / "site"
+    site.mkdir()
+    blocked = "import sys\nfor m in ('tensorboard', 'torch.utils.tensorboard'):\n    sys.modules[m] = None\n"
+    (site / "sitecustomize.py").write_text(blocked)
+    env = {**os.environ, "PYTHONPATH": f"{site}{os.pathsep}{REPO}"}
+    cmd = sweep_cmd(tmp_path / "out", "--seeds", "0", "--models", "hemisphere-fine", "train.epochs=1")
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "no TensorBoard events" in proc.stderr and "pip install tensorboard" in proc.stderr
+    (record,) = (tmp_path / "out" / "t" / "runs").glob("*/record.json")
+    assert "pip install tensorboard" in json.loads(record.read_text())["tracking"]
+    assert not list(record.parent.glob("events.out.tfevents*"))
