@@ -96,6 +96,11 @@ class TrainConfig:
     test_checkpoint: str = "best"  # best (on validation) | last: what bilateral nets and baselines are
     # tested with. Hemispheres are always tested, and used by the nets built on them, at `best`.
     sync_bn: bool = True  # DDP on GPU: BatchNorm statistics over the global batch (syncs the host per step)
+    # Tracking beyond TensorBoard (bilateral/tracking.py); neither changes results or run ids.
+    # mlflow: an MLflow tracking URI (http://host:5000, file:./mlruns) to log every run to;
+    # wandb: offline | online, to log every run to Weights & Biases (offline: `wandb sync` later).
+    mlflow: str | None = None
+    wandb: str | None = None
 
 
 @dataclass
@@ -268,12 +273,14 @@ def validate(cfg: SweepConfig) -> None:
         "optim.schedule": ("constant", "onecycle"),
         "data.loader": ("memory", "ffcv", "torch"),
         "train.test_checkpoint": ("best", "last"),
+        "train.wandb": (None, "offline", "online"),
     }
     for key, allowed in choices.items():
         section, name = key.split(".")
         value = getattr(getattr(cfg, section), name)
         if value not in allowed:
-            raise ConfigError(f"{key}={value!r} is not supported: choose one of {', '.join(allowed)}")
+            names = ", ".join("null (off)" if a is None else a for a in allowed)
+            raise ConfigError(f"{key}={value!r} is not supported: choose one of {names}")
     from bilateral.placement import check_device
 
     check_device(cfg.device)

@@ -76,9 +76,11 @@ class RunSpec:
 
     @property
     def run_id(self) -> str:
-        """Hash of what changes results: how often checkpoints are written does not."""
+        """Hash of what changes results: how often checkpoints are written, and where a run is
+        tracked, do not."""
         identity = self.to_dict()
-        identity["train"].pop("checkpoint_every")
+        for key in ("checkpoint_every", "mlflow", "wandb"):  # how a run is written down, not its result
+            identity["train"].pop(key)
         for key in ("plugin", "row", "options", "settings"):  # unset, the paper's run ids stay as they were
             if not identity[key]:
                 identity.pop(key)

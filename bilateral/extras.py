@@ -16,6 +16,8 @@ EXTRA_OF = {
     "matplotlib": "analysis",
     "lightly": "unsupervised",
     "imagecorruptions": "evaluation",
+    "mlflow": "tracking",
+    "wandb": "tracking",
 }
 # Installed outside the extras: torchattacks 3.5.1 pins requests~=2.25.1, which Ray's dependencies
 # refuse, while the attacks themselves need only torch, torchvision, scipy, tqdm, numpy and Pillow.

@@ -57,8 +57,7 @@ from bilateral.models.profile import profile_backbone
 from bilateral.placement import Placement, check_device
 from bilateral.progress import bar as progress_bar
 from bilateral.store import RunStore, SweepStore
-from bilateral.tracking import RunTracker
-from bilateral.tracking import unavailable as tracking_unavailable
+from bilateral.tracking import RunTracker, trackers_of
 
 log = logging.getLogger(__name__)
 HEADS = ("fine", "coarse")
@@ -258,7 +257,7 @@ def _run_unfinished(specs, store, device, data_dir, on_epoch, placement) -> list
         "threads": torch.get_num_threads(),
         "precision": precision,
         "precision_note": why,
-        "tracking": tracking_unavailable() or "tensorboard",  # events in the run directory, or why not
+        "tracking": trackers_of(spec),  # tensorboard (or why not), mlflow, wandb
         "placement": placement.to_dict() if placement is not None else None,
     }
     prepared = time.perf_counter()
@@ -511,9 +510,8 @@ def _train(
         metrics = [[m for m in rs.read_metrics() if m["epoch"] <= states[0]["epoch"]] for rs in run_stores]
         log.info("%s: resuming after epoch %d", ", ".join(s.run_id for s in specs), states[0]["epoch"] + 1)
     start = states[0]["epoch"] + 1
-    tracked = rank == 0 and tracking_unavailable() is None  # rank 0 alone writes events
-    trackers = (
-        [RunTracker(rs.root, s, start) for s, rs in zip(specs, run_stores, strict=True)] if tracked else []
+    trackers = (  # rank 0 alone tracks
+        [RunTracker(rs.root, s, start) for s, rs in zip(specs, run_stores, strict=True)] if rank == 0 else []
     )
     pending_best: list[dict | None] = [None] * k
     name = group_name(specs)

@@ -210,6 +210,10 @@ def required_libraries(args: argparse.Namespace, cfg: SweepConfig) -> dict[str, 
         from bilateral.analysis import LIBRARIES
 
         needs.update(dict.fromkeys(LIBRARIES, "--analyze"))
+    if cfg.train.mlflow:
+        needs["mlflow"] = f"train.mlflow={cfg.train.mlflow}"
+    if cfg.train.wandb:
+        needs["wandb"] = f"train.wandb={cfg.train.wandb}"
     return needs
 
 

@@ -36,7 +36,7 @@ def test_a_run_writes_its_curves_and_settings_as_tensorboard_events(tmp_path, ti
     hparams = events(run_dir).PluginTagToContent("hparams")
     assert hparams, "no hparams summary"
     assert b"optim.lr" in b"".join(hparams.values())
-    assert record["tracking"] == "tensorboard"
+    assert record["tracking"] == ["tensorboard"]
 
 
 def test_a_resume_that_redoes_an_epoch_logs_it_once(tmp_path, tiny_plan, monkeypatch):
@@ -69,5 +69,34 @@ def test_without_tensorboard_a_run_still_trains_and_its_record_says_why_it_has_n
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "no TensorBoard events" in proc.stderr and "pip install tensorboard" in proc.stderr
     (record,) = (tmp_path / "out" / "t" / "runs").glob("*/record.json")
-    assert "pip install tensorboard" in json.loads(record.read_text())["tracking"]
+    assert "pip install tensorboard" in json.loads(record.read_text())["tracking"][0]
     assert not list(record.parent.glob("events.out.tfevents*"))
+
+
+def test_mlflow_and_wandb_log_every_epoch_when_switched_on_and_change_no_run_id(
+    tmp_path, tiny_plan, monkeypatch
+):
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # MLflow 3.18's local file store is opt-in
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    uri = f"file:{tmp_path / 'mlruns'}"
+    plain = tiny_plan("plan.models=[hemisphere-fine]", "train.epochs=2").runs[0]
+    (spec,) = tiny_plan(
+        "plan.models=[hemisphere-fine]", "train.epochs=2", f"train.mlflow={uri}", "train.wandb=offline"
+    ).runs
+    assert spec.run_id == plain.run_id
+    store = SweepStore(tmp_path / "sweep")
+    record = run(spec, store, device="cpu", data_dir=str(REPO / "data"))
+    assert record["tracking"] == ["tensorboard", "mlflow", "wandb"]
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.get_experiment_by_name("sweep")
+    (logged,) = client.search_runs([experiment.experiment_id])
+    assert logged.info.run_name == spec.run_id and logged.info.status == "FINISHED"
+    assert [m.step for m in client.get_metric_history(logged.info.run_id, "train/loss")] == [1, 2]
+    assert logged.data.params["optim.lr"] == str(spec.optim.lr)
+
+    run_dir = store.run(spec.run_id).root
+    (offline,) = (run_dir / "wandb").glob("offline-run-*/run-*.wandb")
+    assert b"train/loss" in offline.read_bytes() and b"val/acc_fine" in offline.read_bytes()
