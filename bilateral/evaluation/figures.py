@@ -15,6 +15,17 @@ def _models(table: pd.DataFrame) -> list[str]:
     return list(dict.fromkeys(table["model"]))
 
 
+def _legend(fig, axes) -> None:
+    """One legend for every panel (a model with one head appears in one panel only)."""
+    entries: dict[str, object] = {}
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            entries.setdefault(label, handle)
+    fig.legend(
+        list(entries.values()), list(entries), fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5)
+    )
+
+
 def _colours(names: list[str]) -> dict[str, tuple]:
     cmap = plt.get_cmap("tab10" if len(names) <= 10 else "tab20")
     return {name: cmap(i % cmap.N) for i, name in enumerate(names)}
@@ -44,7 +55,7 @@ def robustness_curves(table: pd.DataFrame, path: Path) -> Path:
                 )
         ax.set(title=f"{head} head", xlabel="eps (x 1/255)", ylabel="test accuracy", ylim=(0, 1))
         ax.grid(alpha=0.3)
-    axes[0][-1].legend(fontsize=7, loc="upper right")
+    _legend(fig, axes[0])
     fig.suptitle("Adversarial robustness (solid PGD, dashed FGSM)")
     return _save(fig, path)
 
@@ -63,7 +74,7 @@ def corruption_curves(table: pd.DataFrame, path: Path) -> Path:
             )
         ax.set(title=f"{head} head", xlabel="severity (0 = clean)", ylabel="accuracy / clean accuracy")
         ax.grid(alpha=0.3)
-    axes[0][-1].legend(fontsize=7)
+    _legend(fig, axes[0])
     fig.suptitle("Common corruptions (mean over 15 corruptions)")
     return _save(fig, path)
 
