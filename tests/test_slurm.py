@@ -289,11 +289,15 @@ def test_detach_then_status_then_attach(slurm_cluster, tmp_path):
     script = next((root / "slurm" / bilateral).glob("*_submission.sh")).read_text()
     assert f"--dependency=afterok:{hemispheres.pop()}" in script and "--kill-on-invalid-dep=yes" in script
     text = status(root)
-    assert "queued" in text or "running" in text, text
+    assert all(job in text for job in jobs.values()), text  # --status follows the detached jobs
+    # tiny runs can all finish before --status looks (seen once in a fresh-clone suite run): then the
+    # blocking command has nothing left to wait for, and must still submit nothing again
+    finished_before = "3 finished" in text
 
     proc = sweep(tmp_path, *args)
     assert proc.returncode == 0, proc.stderr
-    assert "as job array" not in proc.stderr and "already in Slurm jobs" in proc.stderr
+    assert "as job array" not in proc.stderr
+    assert finished_before or "already in Slurm jobs" in proc.stderr, proc.stderr
     assert ledger(root) == jobs
     assert "3 finished" in status(root)
     aggregate = subprocess.run(
