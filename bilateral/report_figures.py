@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from bilateral.errors import DamagedFileError
 from bilateral.store import SweepStore
 
 HEADS = ("fine", "coarse")
@@ -38,7 +39,7 @@ def curves(store: SweepStore, runs: pd.DataFrame) -> pd.DataFrame:
     for run in runs[runs["member"] == 0].itertuples():
         try:
             metrics = store.run(run.run_id).read_metrics()
-        except Exception:  # a damaged metrics file leaves its run out of the curves, not the report
+        except DamagedFileError:  # a damaged metrics file leaves its run out of the curves, not the report
             continue
         for m in metrics:
             for head in HEADS:

@@ -206,13 +206,12 @@ class EvalContext:
         load_state_strict(
             model, run.load_checkpoint(tested)["model"], source=str(run.path(f"checkpoints/{tested}.pt"))
         )
-        return model.eval()
+        return model
 
 
 @torch.no_grad()
 def logits(model: nn.Module, x: torch.Tensor, heads: tuple[str, ...]) -> dict[str, np.ndarray]:
-    """fp32 logits of each head for a normalised batch, computed in chunks, in eval mode."""
-    model.eval()
+    """fp32 logits of each head for a normalised batch, computed in chunks (models are in eval mode)."""
     out: dict[str, list[torch.Tensor]] = {h: [] for h in heads}
     for start in range(0, len(x), EVAL_BATCH):
         z = model(x[start : start + EVAL_BATCH])

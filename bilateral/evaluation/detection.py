@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from scipy.special import logsumexp, softmax
 
 from bilateral.analysis.report import Section, pm
 from bilateral.evaluation import figures
@@ -36,11 +37,6 @@ log = logging.getLogger(__name__)
 ATTACK_EPS = 4  # /255
 CORRUPTION_SEVERITY = 3
 TASKS = ("error", "adversarial", "corruption")
-
-
-def softmax(z: np.ndarray) -> np.ndarray:
-    e = np.exp(z - z.max(1, keepdims=True))
-    return e / e.sum(1, keepdims=True)
 
 
 def to_coarse(p_fine: np.ndarray, fine_to_coarse: np.ndarray, num_coarse: int) -> np.ndarray:
@@ -58,8 +54,10 @@ def inconsistency(
     fine_logits: np.ndarray, coarse_logits: np.ndarray, fine_to_coarse: np.ndarray
 ) -> np.ndarray:
     """How far the coarse head's distribution is from the fine head's summed into coarse classes."""
-    p_coarse = softmax(coarse_logits)
-    return total_variation(p_coarse, to_coarse(softmax(fine_logits), fine_to_coarse, p_coarse.shape[1]))
+    p_coarse = softmax(coarse_logits, axis=1)
+    return total_variation(
+        p_coarse, to_coarse(softmax(fine_logits, axis=1), fine_to_coarse, p_coarse.shape[1])
+    )
 
 
 def auroc(positive: np.ndarray, score: np.ndarray) -> float:
@@ -102,8 +100,8 @@ class Scorer:
         z = logits(self.net, x, self.ev.heads)
         main = z[self.main]
         out = {
-            "msp": 1 - softmax(main).max(1),
-            "energy": -np.log(np.exp(main - main.max(1, keepdims=True)).sum(1)) - main.max(1),
+            "msp": 1 - softmax(main, axis=1).max(1),
+            "energy": -logsumexp(main, axis=1),
         }
         if self.f2c is not None and set(self.ev.heads) == {"fine", "coarse"}:
             out["hierarchy"] = inconsistency(z["fine"], z["coarse"], self.f2c)
@@ -116,8 +114,8 @@ class Scorer:
             )
         members = getattr(self.net, "members", None)
         if members is not None:
-            mean = softmax(main)
-            each = [softmax(logits(m, x, (self.main,))[self.main]) for m in members]
+            mean = softmax(main, axis=1)
+            each = [softmax(logits(m, x, (self.main,))[self.main], axis=1) for m in members]
             out["members"] = np.mean([total_variation(p, mean) for p in each], axis=0)
         return out
 

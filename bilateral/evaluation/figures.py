@@ -31,52 +31,48 @@ def _colours(names: list[str]) -> dict[str, tuple]:
     return {name: cmap(i % cmap.N) for i, name in enumerate(names)}
 
 
-def robustness_curves(table: pd.DataFrame, path: Path) -> Path:
-    """Accuracy against eps per model, one panel per head: PGD solid, FGSM dashed, on the head itself."""
+def _per_head(table: pd.DataFrame, path: Path, title: str, draw, **labels) -> Path:
+    """One panel per head, every model's curve drawn by draw(ax, head rows, model, colour), one legend."""
     heads = [h for h in ("fine", "coarse") if h in set(table["head"])]
     colours = _colours(_models(table))
     fig, axes = plt.subplots(1, len(heads), figsize=(6 * len(heads), 4.2), squeeze=False)
     for ax, head in zip(axes[0], heads, strict=True):
         rows = table[table["head"] == head]
         for model in _models(rows):
-            own = rows[rows["model"] == model]
-            clean = own[own["attack"] == "none"]["acc"].mean()
-            for attack, style in (("pgd", "-"), ("fgsm", "--")):
-                hit = own[(own["attack"] == attack) & (own["target"] == head)]
-                curve = hit.groupby("eps")["acc"].mean()
-                ax.plot(
-                    [0, *curve.index],
-                    [clean, *curve.values],
-                    style,
-                    marker="o",
-                    ms=3,
-                    color=colours[model],
-                    label=model if attack == "pgd" else None,
-                )
-        ax.set(title=f"{head} head", xlabel="eps (x 1/255)", ylabel="test accuracy", ylim=(0, 1))
+            draw(ax, rows[rows["model"] == model], head, model, colours[model])
+        ax.set(title=f"{head} head", **labels)
         ax.grid(alpha=0.3)
     _legend(fig, axes[0])
-    fig.suptitle("Adversarial robustness (solid PGD, dashed FGSM)")
+    fig.suptitle(title)
     return _save(fig, path)
+
+
+def robustness_curves(table: pd.DataFrame, path: Path) -> Path:
+    """Accuracy against eps per model, one panel per head: PGD solid, FGSM dashed, on the head itself."""
+
+    def draw(ax, own: pd.DataFrame, head: str, model: str, colour) -> None:
+        clean = own[own["attack"] == "none"]["acc"].mean()
+        for attack, style in (("pgd", "-"), ("fgsm", "--")):
+            curve = own[(own["attack"] == attack) & (own["target"] == head)].groupby("eps")["acc"].mean()
+            label = model if attack == "pgd" else None
+            ax.plot(
+                [0, *curve.index], [clean, *curve.values], style, marker="o", ms=3, color=colour, label=label
+            )
+
+    title = "Adversarial robustness (solid PGD, dashed FGSM)"
+    return _per_head(table, path, title, draw, xlabel="eps (x 1/255)", ylabel="test accuracy", ylim=(0, 1))
 
 
 def corruption_curves(table: pd.DataFrame, path: Path) -> Path:
     """Relative accuracy against severity per model, one panel per head."""
-    heads = [h for h in ("fine", "coarse") if h in set(table["head"])]
-    colours = _colours(_models(table))
-    fig, axes = plt.subplots(1, len(heads), figsize=(6 * len(heads), 4.2), squeeze=False)
-    for ax, head in zip(axes[0], heads, strict=True):
-        rows = table[table["head"] == head]
-        for model in _models(rows):
-            curve = rows[rows["model"] == model].groupby("severity")["relative"].mean()
-            ax.plot(
-                [0, *curve.index], [1.0, *curve.values], marker="o", ms=3, color=colours[model], label=model
-            )
-        ax.set(title=f"{head} head", xlabel="severity (0 = clean)", ylabel="accuracy / clean accuracy")
-        ax.grid(alpha=0.3)
-    _legend(fig, axes[0])
-    fig.suptitle("Common corruptions (mean over 15 corruptions)")
-    return _save(fig, path)
+
+    def draw(ax, own: pd.DataFrame, head: str, model: str, colour) -> None:
+        curve = own.groupby("severity")["relative"].mean()
+        ax.plot([0, *curve.index], [1.0, *curve.values], marker="o", ms=3, color=colour, label=model)
+
+    title = "Common corruptions (mean over 15 corruptions)"
+    labels = dict(xlabel="severity (0 = clean)", ylabel="accuracy / clean accuracy")
+    return _per_head(table, path, title, draw, **labels)
 
 
 def detection_bars(table: pd.DataFrame, path: Path) -> Path:

@@ -76,7 +76,7 @@ def attack_targets(net: nn.Module, heads: tuple[str, ...]) -> dict[str, nn.Modul
     targets: dict[str, nn.Module] = {h: HeadLogits(net, h) for h in heads}
     if set(heads) == {"fine", "coarse"}:
         targets["summed"] = JointLogits(net)
-    return {k: m.eval() for k, m in targets.items()}  # torchattacks restores the mode it finds
+    return targets
 
 
 def target_labels(target: str, fine: np.ndarray, coarse: np.ndarray, num_coarse: int) -> np.ndarray:
@@ -90,7 +90,8 @@ def adversarial(
 ) -> Tensor:
     """Adversarial versions of the normalised batch x, in batches; PGD's random start drawn from seed."""
     torch.manual_seed(seed)
-    target_model.eval()  # a new wrapper is in train mode, and torchattacks would leave the net so
+    target_model.eval()  # torchattacks restores the mode it finds: a fresh wrapper's train mode would
+    # otherwise leave the net's BatchNorm and dropout training after the attack
     attack = make_attack(attack_name, target_model, eps, mean, std)
     y = torch.from_numpy(labels).to(x.device)
     return torch.cat(
