@@ -5,8 +5,12 @@ from __future__ import annotations
 from torch import nn
 
 from bilateral.experiment import RunSpec
+from bilateral.models.cifar_resnet import zero_init_residuals
 
 
 def build_model(spec: RunSpec, num_fine: int, num_coarse: int) -> nn.Module:
     """An untrained network for a training run (ensembles are assembled from their members)."""
-    return spec.kind_spec.build(spec, num_fine, num_coarse)
+    model = spec.kind_spec.build(spec, num_fine, num_coarse)
+    if spec.model.zero_init_residual:  # every kind's ResNet-18/34 blocks, wherever they sit
+        zero_init_residuals(model)
+    return model

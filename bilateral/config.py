@@ -68,6 +68,8 @@ class ModelConfig:
     dropout: float = bounded(0.6, 0, 1, high_open=True)  # before each head, as in the authors' code
     bn_momentum: float = bounded(0.1, 0, 1)  # PyTorch convention; the authors' 0.9 weights the new batch 0.9
     frozen_bn_update: bool = False  # True: frozen hemispheres still update BN statistics (authors' code)
+    zero_init_residual: bool = False  # ResNet-18/34 blocks start as identities (last BN scale 0, as in
+    # torchvision): deep nets then learn from the first steps, which short CPU runs need (smoke)
 
 
 @dataclass
@@ -88,7 +90,7 @@ class TrainConfig:
     epochs: int = bounded(180, 1)
     batch_size: int = bounded(256, 1)  # must not exceed the training split: see bilateral.train.check_batches
     eval_batch_size: int = bounded(1024, 1)
-    bf16: bool = False  # bf16 autocast for training on GPUs that have bf16 kernels; evaluation stays fp32
+    bf16: bool = False  # bf16 autocast for training where the GPU or CPU computes bf16; evaluation stays fp32
     channels_last: bool = False
     compile: bool = False
     checkpoint_every: int = bounded(1, 1)  # write `last` (and a pending `best`) every N epochs and at the end

@@ -23,6 +23,7 @@ LATER_DEFAULTS = {
     ("train", "eval_every"): 1,
     ("train", "test_checkpoint"): "best",
     ("data", "holdout_per_coarse"): 0,
+    ("model", "zero_init_residual"): False,
 }
 
 

@@ -173,6 +173,26 @@ def too_few_seeds(pairs: int) -> str | None:
     )
 
 
+REAL_COMPARISON = "python launch/sweep.py --preset paper --cluster slurm"  # CIFAR-100, width 1, 5 seeds
+
+
+def toy_scale_banner(config: dict) -> str | None:
+    """What a reader of a smoke sweep's table must be told first: its numbers check the machinery,
+    they are not findings (None for the other presets)."""
+    if config.get("preset") != "smoke":
+        return None
+    data, train, width = config["data"], config["train"], config["model"]["width"]
+    images = f"{data['train_subset']:,}" if data.get("train_subset") else "all the"
+    return (
+        f"> **A machinery check at toy scale, not a result.** The smoke preset trains every model kind "
+        f"at {width:g} of the paper's width on {images} training images of `{data['source']}` for "
+        f"{train['epochs']} epochs, to show that the whole pipeline runs; its accuracies and p-values "
+        "say nothing about hemispheric specialisation. For a real comparison (CIFAR-100, full width, "
+        f"5 seeds, 180 epochs; a GPU per run): `{REAL_COMPARISON}` (or `--cluster ray`, or `--preset "
+        "fast` for a 40-epoch protocol)."
+    )
+
+
 def _paired_p(diff: pd.Series) -> float:
     if len(diff) < 2 or np.allclose(diff, diff.iloc[0]):
         return np.nan
@@ -251,6 +271,7 @@ def markdown(
     text = [
         f"# Sweep `{sweep}`",
         "",
+        *([banner, ""] if (banner := toy_scale_banner(config)) else []),
         f"Test accuracy, mean ± std over seeds (ddof={ddof}; checkpoints chosen on validation{tested}).",
         "",
         table.to_markdown(index=False),

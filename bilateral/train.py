@@ -89,13 +89,25 @@ def epoch_seed(seed: int, rank: int, epoch: int) -> int:
     return int.from_bytes(hashlib.sha256(f"{seed}/{rank}/{epoch}".encode()).digest()[:8], "little")
 
 
+def cpu_computes_bf16() -> bool:
+    """Whether this CPU has bf16 instructions (AVX512-BF16, or AMX's tiles with AMX-BF16), where
+    oneDNN runs bf16 convolutions natively; without them PyTorch emulates bf16, slower than fp32."""
+    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+
+
 def choose_precision(spec: RunSpec, dev: torch.device) -> tuple[str, str]:
-    """("bf16" | "fp32", why): bf16 autocast for training only where the GPU has bf16 kernels
-    (compute capability 8.0 or newer); elsewhere PyTorch would emulate it slowly."""
+    """("bf16" | "fp32", why): bf16 autocast for training only where the device computes bf16
+    natively (GPUs of compute capability 8.0 or newer, CPUs with AVX512-BF16 or AMX); elsewhere
+    PyTorch would emulate it slowly, so the run trains in fp32 and says why."""
     if not spec.train.bf16:
         return "fp32", ""
-    if dev.type != "cuda":
-        return "fp32", "train.bf16 applies on CUDA GPUs only: this CPU run trains in fp32"
+    if dev.type == "cpu":
+        if cpu_computes_bf16():
+            return "bf16", ""
+        return "fp32", (
+            "train.bf16=true, but this CPU has no bf16 instructions (AVX512-BF16 or AMX): training in "
+            "fp32 (set train.bf16=false to silence this)"
+        )
     if torch.cuda.is_bf16_supported(including_emulation=False):
         return "bf16", ""
     major, minor = torch.cuda.get_device_capability(dev)
@@ -257,6 +269,7 @@ def _run_unfinished(specs, store, device, data_dir, on_epoch, placement) -> list
         "threads": torch.get_num_threads(),
         "precision": precision,
         "precision_note": why,
+        "channels_last": spec.train.channels_last,
         "tracking": trackers_of(spec),  # tensorboard (or why not), mlflow, wandb
         "placement": placement.to_dict() if placement is not None else None,
     }

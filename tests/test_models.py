@@ -1,5 +1,7 @@
 """Models: exact sizes of the paper's networks, shapes, hemisphere freezing, strict checkpoint loading."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -21,6 +23,7 @@ from bilateral.models import (
     count_parameters,
     load_state_strict,
 )
+from bilateral.models.cifar_resnet import BasicBlock
 from bilateral.models.vgg import VGG11Features
 
 
@@ -109,6 +112,37 @@ def test_bn_momentum_reaches_every_batchnorm() -> None:
         if isinstance(m, nn.BatchNorm2d)
     ]
     assert len(bns) == 1 + 2 * 8 + 3 and all(bn.momentum == 0.9 for bn in bns)
+
+
+@pytest.mark.parametrize("kind", ["unilateral-resnet34", "bilateral-unspecialised"])
+def test_zero_init_residual_starts_every_resnet_block_as_its_shortcut(kind: str) -> None:
+    """ResNet-34's 16 blocks start as identities with the setting, and are random without it;
+    ResNet-9 (the bilateral nets) has no such blocks and is built exactly as without it."""
+    cfg = load_config("smoke", overrides=["plan.seeds=[0]", "plan.backbone=resnet9"])
+    (spec,) = [
+        s
+        for s in build_plan(cfg).runs
+        if s.model_name.startswith(kind.split("-resnet")[0])
+        and (kind != "unilateral-resnet34" or s.backbone == "resnet34")
+    ]
+    assert spec.model.zero_init_residual  # the smoke preset's recipe
+    off = dataclasses.replace(spec, model=dataclasses.replace(spec.model, zero_init_residual=False))
+    torch.manual_seed(0)
+    on_model = build_model(spec, 20, 4)
+    torch.manual_seed(0)
+    off_model = build_model(off, 20, 4)
+    last_bns = [b.body[-1].weight for b in on_model.modules() if isinstance(b, BasicBlock)]
+    assert len(last_bns) == (16 if kind == "unilateral-resnet34" else 0)
+    assert all(float(w.abs().sum()) == 0 for w in last_bns)
+    off_bns = [b.body[-1].weight for b in off_model.modules() if isinstance(b, BasicBlock)]
+    assert all(float(w.abs().sum()) > 0 for w in off_bns)
+    differs = [
+        n
+        for (n, a), b in zip(on_model.state_dict().items(), off_model.state_dict().values(), strict=True)
+        if not torch.equal(a, b)
+    ]
+    assert len(differs) == len(last_bns)  # nothing else changes
+    assert off.run_id != spec.run_id
 
 
 def test_unknown_backbone_names_the_known_ones() -> None:

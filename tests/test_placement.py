@@ -55,9 +55,14 @@ def test_cuda_without_a_gpu_fails_before_training():
 
 
 def test_bf16_only_where_the_device_has_it(monkeypatch):
+    import bilateral.train
+
     (spec,) = [s for s in _plan("train.bf16=true") if s.kind == "unilateral"]
+    monkeypatch.setattr(bilateral.train, "cpu_computes_bf16", lambda: True)
+    assert choose_precision(spec, torch.device("cpu")) == ("bf16", "")
+    monkeypatch.setattr(bilateral.train, "cpu_computes_bf16", lambda: False)
     precision, why = choose_precision(spec, torch.device("cpu"))
-    assert precision == "fp32" and "CUDA GPUs only" in why
+    assert precision == "fp32" and "this CPU has no bf16 instructions (AVX512-BF16 or AMX)" in why
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: False)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda dev=None: (7, 0))
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda dev=None: "Tesla V100-SXM2-16GB")

@@ -4,7 +4,9 @@ import pandas as pd
 import pytest
 from scipy import stats
 
+from bilateral.config import load_config, to_dict
 from bilateral.report import (
+    REAL_COMPARISON,
     holm,
     markdown,
     paired_differences,
@@ -113,6 +115,16 @@ def test_the_report_says_when_the_seeds_are_too_few_and_gives_intervals():
     two_seeds = runs_table([r for r in RECORDS if r["seed"] < 2])
     assert "Too few seeds for these tests to mean anything**: 2 paired seed(s)" in markdown(two_seeds, "s")
     assert too_few_seeds(5) is None
+
+
+def test_only_a_smoke_sweep_is_introduced_as_a_toy_scale_check():
+    runs = runs_table(RECORDS)
+    smoke = to_dict(load_config("smoke"))
+    report = markdown(runs, "s", config=smoke)
+    banner = report.index("A machinery check at toy scale")
+    assert banner < report.index("| model") and REAL_COMPARISON in report
+    assert "at 0.125 of the paper's width on 4,000 training images of `synthetic`" in report
+    assert "toy scale" not in markdown(runs, "s", config=to_dict(load_config("fast")))
 
 
 def test_the_report_embeds_learning_curves_comparison_and_compute_figures(tmp_path):

@@ -3,12 +3,14 @@
 Coarse class: a global low-frequency texture (horizontal stripes, vertical stripes, checks, rings).
 Fine class: the coarse texture plus which of 5 fine-grained patterns fills a 12x12 patch at a
 random position. Colours, contrast, phase, frequency, tilt, patch position and opacity vary per
-image and pixel noise is added, so the coarse level needs global structure, the fine level a local
-detail, and some images are ambiguous at each level (a faint texture, a nearly transparent patch).
+image and pixel noise is added, so the coarse level needs global structure and the fine level a
+local detail; a faint texture leaves some images ambiguous at the coarse level.
 
-Learnability (3-conv CNN of width 16-32 with both heads, Adam 3e-3, batch 64, crop+flip; test
-accuracy): 3 epochs fine 0.57, coarse 0.82; 25 epochs fine 0.79-0.82, coarse 0.92-0.94
-(chance 0.05 / 0.25), so both levels are learnable and neither saturates.
+Learnability (smoke preset: width 1/8, 4,000 images, 7 epochs; test accuracy, chance 0.05 / 0.25):
+ResNet-9 with both heads 0.98 fine / 0.99 coarse, the fine-only ResNet-9 0.92-0.98, ResNet-18
+0.82-0.84 / 0.98, ResNet-34 0.93 / 0.97-0.98. With fainter textures (contrast up to 0.1) and
+patches (opacity from 0) whether a 1/8-width net found each level in a few epochs was a matter of
+its seed: one seed near chance, the next at 0.8.
 """
 
 from __future__ import annotations
@@ -22,8 +24,8 @@ PATTERNS = ("dots", "hlines", "vlines", "checker", "solid")  # the fine classes 
 SIZE = 32
 PATCH = 12
 NOISE = 0.15  # half-width of the uniform pixel noise
-TEXTURE_CONTRAST = (0.0, 0.1)  # per-channel amplitude; near 0 the texture is hidden in noise
-PATCH_OPACITY = (0.0, 1.0)  # near 0 the patch is invisible, so the fine level stays imperfect
+TEXTURE_CONTRAST = (0.0, 0.15)  # per-channel amplitude; near 0 the texture is hidden in noise
+PATCH_OPACITY = (0.3, 1.0)  # a faint patch, never an invisible one
 
 
 def make_synthetic(seed: int = 0, num_train: int = 6000, num_test: int = 2000) -> HierarchicalDataset:

@@ -31,6 +31,15 @@ class BasicBlock(nn.Module):
         return self.relu(self.body(x) + self.shortcut(x))
 
 
+def zero_init_residuals(model: nn.Module) -> int:
+    """Zero the last BatchNorm scale of every BasicBlock in `model`, so each block starts as its
+    shortcut (Goyal et al. 2017; torchvision's zero_init_residual). Returns the number of blocks."""
+    blocks = [m for m in model.modules() if isinstance(m, BasicBlock)]
+    for block in blocks:
+        nn.init.zeros_(block.body[-1].weight)
+    return len(blocks)
+
+
 class CifarResNet(nn.Module):
     """(B, 3, 32, 32) -> (B, 512 * width) features; `blocks` is the number of BasicBlocks per stage.
 
