@@ -94,9 +94,12 @@ def ddp_spec(*overrides):
     # heads' dropout is off and plain SGD's step is linear in the gradient, so 2 workers follow one
     # worker with the same global batch up to the order of float sums. (Adam, the smoke preset's optimiser,
     # divides by the root of the squared gradient: near-zero gradients that differ in their last bits
-    # move weights by up to the learning rate, which no tolerance can honestly cover.)
+    # move weights by up to the learning rate, which no tolerance can honestly cover.) In fp32: bf16
+    # autocast (the smoke preset's, on a CPU with bf16 instructions) rounds each worker's half batch
+    # differently from the whole batch, far beyond float-order differences.
     return [
         *overrides,
+        "train.bf16=false",
         "--models",
         "unilateral",
         "--backbone",
