@@ -269,7 +269,6 @@ def _run_unfinished(specs, store, device, data_dir, on_epoch, placement) -> list
         "threads": torch.get_num_threads(),
         "precision": precision,
         "precision_note": why,
-        "channels_last": spec.train.channels_last,
         "tracking": trackers_of(spec),  # tensorboard (or why not), mlflow, wandb
         "placement": placement.to_dict() if placement is not None else None,
     }

@@ -23,5 +23,5 @@ def test_a_piped_sweep_prints_clean_lines_with_its_progress(tmp_path):
     assert proc.stdout.index("A machinery check at toy scale, not a result") < table
     assert proc.stdout.index(REAL_COMPARISON) < table
     (record,) = SweepStore(tmp_path / "t").read_records()[0]  # smoke trains as fast as this CPU can
-    assert record["channels_last"] is True
+    assert record["spec"]["train"]["channels_last"] is True
     assert record["precision"] == ("bf16" if cpu_computes_bf16() else "fp32")

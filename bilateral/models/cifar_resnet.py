@@ -31,13 +31,12 @@ class BasicBlock(nn.Module):
         return self.relu(self.body(x) + self.shortcut(x))
 
 
-def zero_init_residuals(model: nn.Module) -> int:
+def zero_init_residuals(model: nn.Module) -> None:
     """Zero the last BatchNorm scale of every BasicBlock in `model`, so each block starts as its
-    shortcut (Goyal et al. 2017; torchvision's zero_init_residual). Returns the number of blocks."""
-    blocks = [m for m in model.modules() if isinstance(m, BasicBlock)]
-    for block in blocks:
-        nn.init.zeros_(block.body[-1].weight)
-    return len(blocks)
+    shortcut (Goyal et al. 2017; torchvision's zero_init_residual)."""
+    for block in model.modules():
+        if isinstance(block, BasicBlock):
+            nn.init.zeros_(block.body[-1].weight)
 
 
 class CifarResNet(nn.Module):
