@@ -29,6 +29,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 import bilateral
+from bilateral import cuda_build
 from bilateral.assemble import build_model
 from bilateral.config import DataConfig
 from bilateral.data import (
@@ -77,7 +78,7 @@ def resolve_device(name: str) -> torch.device:
             raise ConfigError(
                 f"device {name!r}, but torch sees {count} CUDA device(s) (CUDA_VISIBLE_DEVICES="
                 f"{visible!r}, torch {torch.__version__}, CUDA build {torch.version.cuda}): run on a GPU "
-                "node or pass --device cpu"
+                f"node or pass --device cpu{cuda_build.reason()}"
             )
         dev = torch.device("cuda", torch.cuda.current_device() if dev.index is None else dev.index)
     return dev

@@ -122,6 +122,19 @@ def preflight(cfg: SweepConfig, plan: Plan) -> None:
         build_model(spec, data.num_fine, data.num_coarse)
 
 
+def check_torch_build(cluster: str, device: str) -> None:
+    """Stop before anything is submitted when this machine's GPUs and torch build do not match (an old
+    driver for torch's CUDA, a GPU without kernels in it): every run would fail, or with --cluster local
+    and --device auto quietly train on the CPU. A login node's GPUs need not be visible to torch."""
+    from bilateral import cuda_build
+
+    if device == "cpu":
+        return
+    found = cuda_build.check(torch_must_see=cluster == "local")
+    if found:
+        raise ConfigError(f"{cuda_build.explain(found)}; or pass --device cpu")
+
+
 def rows_table(plan: Plan, data_spec: str) -> str:
     """The rows of the comparison: kind, what trains, parameters (with this data's heads), and the
     rows each one's runs depend on."""
@@ -239,6 +252,7 @@ def main(argv: list[str]) -> int:
         return 0
     for module, purpose in required_libraries(args, cfg).items():
         require(module, purpose)
+    check_torch_build(args.cluster, cfg.device)
     preflight(cfg, plan)
     store.write_plan(to_dict(cfg), plan.runs)
     log.info("sweep %s: %d runs in %d stages -> %s", cfg.name, len(plan.runs), len(plan.stages), store.root)
