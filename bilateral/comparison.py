@@ -12,6 +12,11 @@
         settings: {model.bn_momentum: 0.9}    #   which are then named "<row> [<settings>]"
     kind_modules: [my_lab.kinds]              # modules declaring more kinds (optional)
     settings: {data.holdout_per_coarse: 1}    # config settings every run of it trains under (optional)
+    contrasts:                                # the questions the table answers (optional): report.md
+      margin: 1.0                             #   tests these first, Holm over them alone; margin: the
+      primary:                                #   equivalence margin in accuracy points (1.0 = 0.01)
+        - {row: bilateral-specialised, minus: unilateral}               # heads: [fine, coarse]
+        - {row: bilateral-specialised, minus: ensemble-top2, heads: [fine]}
 
 Presets say how runs train (optimiser, epochs, data size); comparisons say which rows there are.
 """
@@ -30,6 +35,8 @@ from bilateral.config import DataConfig, ModelConfig, OptimConfig, TrainConfig, 
 from bilateral.errors import ConfigError
 
 ROW_KEYS = ("name", "kind", "backbone", "right_backbone", "options", "settings")
+CONTRAST_KEYS = ("row", "minus", "heads")
+HEADS = ("fine", "coarse")
 RUN_SECTIONS = {"data": DataConfig, "model": ModelConfig, "optim": OptimConfig, "train": TrainConfig}
 
 
@@ -50,11 +57,37 @@ class Row:
 
 
 @dataclass(frozen=True)
+class Contrast:
+    """A declared question: row minus `minus`, per head, in test accuracy."""
+
+    row: str
+    minus: str
+    heads: tuple[str, ...] = HEADS
+
+    @property
+    def label(self) -> str:
+        return f"{self.row} − {self.minus}"
+
+
+@dataclass(frozen=True)
 class Comparison:
     name: str
     rows: list[Row]
     kind_modules: list[str] = field(default_factory=list)
     settings: dict[str, Any] = field(default_factory=dict)  # for every run: the comparison needs them
+    contrasts: list[Contrast] = field(default_factory=list)  # the primary family; [] = none declared
+    margin: float | None = None  # equivalence margin in accuracy points (1.0 = 0.01 accuracy)
+
+    def check_contrast_rows(self, rows: list[str]) -> None:
+        """Every row a contrast names is one of `rows` (the comparison's rows with kinds expanded,
+        as --models names them): a typo fails before training, not after it."""
+        for c in self.contrasts:
+            missing = [name for name in (c.row, c.minus) if name not in rows]
+            if missing:
+                raise ConfigError(
+                    f"experiment {self.name!r}: contrast {c.label} names row(s) {missing} that the "
+                    f"comparison does not have: use one of {', '.join(rows)}"
+                )
 
 
 def shipped() -> list[str]:
@@ -80,11 +113,11 @@ def load_comparison(name_or_path: str) -> Comparison:
         ) from None
     if not isinstance(data, dict) or not isinstance(data.get("rows"), list) or not data["rows"]:
         raise ConfigError(f"experiment file {str(path)!r} needs a non-empty list `rows:` (see {__name__})")
-    unknown = sorted(set(data) - {"rows", "kind_modules", "settings"})
+    unknown = sorted(set(data) - {"rows", "kind_modules", "settings", "contrasts"})
     if unknown:
         raise ConfigError(
             f"experiment file {str(path)!r}: unknown key(s) {unknown}; the known keys are rows, "
-            "kind_modules, settings"
+            "kind_modules, settings, contrasts"
         )
     settings = data.get("settings") or {}
     if not isinstance(settings, dict):
@@ -96,9 +129,56 @@ def load_comparison(name_or_path: str) -> Comparison:
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:
         raise ConfigError(f"experiment file {str(path)!r} names row(s) {twice} twice: give each its own name")
+    contrasts, margin = _contrasts(data.get("contrasts"), f"experiment file {str(path)!r}")
     return Comparison(
-        path.stem, rows, list(data.get("kind_modules") or []), {str(k): v for k, v in settings.items()}
+        path.stem,
+        rows,
+        list(data.get("kind_modules") or []),
+        {str(k): v for k, v in settings.items()},
+        contrasts,
+        margin,
     )
+
+
+def _contrasts(entry: Any, where: str) -> tuple[list[Contrast], float | None]:
+    """The `contrasts:` block: {margin: points (optional), primary: [{row, minus, heads?}, ...]}.
+    Row names are checked against the expanded rows when a plan is built (check_contrast_rows)."""
+    if entry is None:
+        return [], None
+    example = "contrasts: {margin: 1.0, primary: [{row: bilateral-specialised, minus: unilateral}]}"
+    if not isinstance(entry, dict) or set(entry) - {"margin", "primary"}:
+        raise ConfigError(f"{where}: contrasts must be a mapping of margin and primary, e.g. {example}")
+    margin = entry.get("margin")
+    number = isinstance(margin, int | float) and not isinstance(margin, bool)
+    if margin is not None and (not number or margin <= 0):
+        raise ConfigError(
+            f"{where}: contrasts.margin is {margin!r}: give a positive number of accuracy points "
+            "(1.0 = 0.01 accuracy), or leave it out"
+        )
+    primary = entry.get("primary")
+    if not isinstance(primary, list) or not primary:
+        raise ConfigError(f"{where}: contrasts.primary must be a non-empty list, e.g. {example}")
+    contrasts = []
+    for item in primary:
+        if not isinstance(item, dict) or not {"row", "minus"} <= set(item) or set(item) - set(CONTRAST_KEYS):
+            raise ConfigError(
+                f"{where}: contrast {item!r} must be a mapping with keys row and minus (and optionally "
+                f"heads: a list of {', '.join(HEADS)})"
+            )
+        heads = item.get("heads", list(HEADS))
+        valid = isinstance(heads, list) and heads and not set(heads) - set(HEADS)
+        if not valid or len(set(heads)) < len(heads):
+            raise ConfigError(
+                f"{where}: contrast {item['row']} − {item['minus']}: heads {heads!r} must be a list of "
+                f"distinct heads among {', '.join(HEADS)}"
+            )
+        contrast = Contrast(str(item["row"]), str(item["minus"]), tuple(h for h in HEADS if h in heads))
+        if contrast.row == contrast.minus:
+            raise ConfigError(f"{where}: contrast {contrast.label} compares a row with itself: name two rows")
+        if contrast in contrasts:
+            raise ConfigError(f"{where}: contrast {contrast.label} is declared twice: keep one")
+        contrasts.append(contrast)
+    return contrasts, None if margin is None else float(margin)
 
 
 def _row(entry: Any, path: Path) -> Row:

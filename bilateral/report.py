@@ -21,6 +21,7 @@ from scipy import stats
 from bilateral import fidelity, report_figures
 from bilateral.kinds import all_kinds
 from bilateral.report_figures import t_interval
+from bilateral.stats import holm
 from bilateral.store import SweepStore, write_atomic
 
 log = logging.getLogger(__name__)
@@ -140,17 +141,6 @@ def _paired(group: pd.DataFrame, reference: pd.DataFrame, ddof: int) -> dict:
         row[f"{head}_ci"] = t_interval(diff)[1]
         row[f"{head}_p"] = _paired_p(diff)
     return row
-
-
-def holm(pvalues: list[float]) -> list[float]:
-    """Holm's step-down adjustment of a family of p-values (NaN: no test, left out of the family)."""
-    tested = sorted((p, i) for i, p in enumerate(pvalues) if not pd.isna(p))
-    adjusted = [np.nan] * len(pvalues)
-    running = 0.0
-    for rank, (p, i) in enumerate(tested):
-        running = max(running, min(1.0, (len(tested) - rank) * p))
-        adjusted[i] = running
-    return adjusted
 
 
 def with_holm(diffs: pd.DataFrame) -> pd.DataFrame:
