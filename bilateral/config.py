@@ -60,6 +60,10 @@ class DataConfig:
     holdout_per_coarse: int = bounded(0, 0)  # fine classes per coarse class kept out of every split
     # the runs see (train, val, pool, test), for the evaluation's transfer part (bilateral/data/holdout)
     loader: str = "memory"  # memory (on-device tensors) | ffcv (.beton files) | torch (DataLoader)
+    # seed: every run of one seed (and pool member) sees the same data order and augmentation draws,
+    # whatever its kind, so differences between arms of a seed are paired (common random numbers);
+    # run: each run draws its own (sweeps before 2026-12-08; they resume only with this value)
+    pairing: str = "seed"
 
 
 @dataclass
@@ -141,7 +145,7 @@ class SweepConfig:
     report: ReportConfig = field(default_factory=ReportConfig)
 
 
-PRESETS = ("smoke", "fast", "paper", "authors")
+PRESETS = ("smoke", "small", "fast", "paper", "authors")
 
 
 def preset_path(name: str) -> Path:
@@ -274,6 +278,7 @@ def validate(cfg: SweepConfig) -> None:
         "optim.name": ("adam", "sgd"),
         "optim.schedule": ("constant", "onecycle"),
         "data.loader": ("memory", "ffcv", "torch"),
+        "data.pairing": ("seed", "run"),
         "train.test_checkpoint": ("best", "last"),
         "train.wandb": (None, "offline", "online"),
     }

@@ -25,6 +25,8 @@ LATER_DEFAULTS = {
     ("data", "holdout_per_coarse"): 0,
     ("model", "zero_init_residual"): False,
 }
+# A setting whose default changed: specs written before it existed meant this value.
+LEGACY_VALUES = {("data", "pairing"): "run"}
 
 
 @dataclass(frozen=True)
@@ -85,8 +87,8 @@ class RunSpec:
         for key in ("plugin", "row", "options", "settings"):  # unset, the paper's run ids stay as they were
             if not identity[key]:
                 identity.pop(key)
-        for (section, key), default in LATER_DEFAULTS.items():  # so do settings added since, at their default
-            if identity[section][key] == default:
+        for (section, key), default in {**LATER_DEFAULTS, **LEGACY_VALUES}.items():  # so do settings added
+            if identity[section][key] == default:  # since, at the value runs had before them
                 identity[section].pop(key)
         digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:8]
         member = f"-m{self.member}" if self.member else ""
@@ -103,8 +105,18 @@ class RunSpec:
 
     @property
     def init_seed(self) -> int:
-        """Seed of init, data order and augmentation: distinct per kind, backbone, seed and member."""
+        """Seed of initialisation and dropout: distinct per kind, backbone, seed and member."""
         key = f"{self.kind}/{self.backbone_name}/{self.seed}/{self.member}"
+        return int.from_bytes(hashlib.sha256(key.encode()).digest()[:4], "little")
+
+    @property
+    def data_seed(self) -> int:
+        """Seed of data order and augmentation. Paired (data.pairing=seed): one per seed and pool
+        member, so every arm of a seed trains on the same batches and augmentations and a paired
+        test between arms pairs what it claims to; per run (run): the init seed, as before."""
+        if self.data.pairing == "run":
+            return self.init_seed
+        key = f"data/{self.seed}/{self.member}"
         return int.from_bytes(hashlib.sha256(key.encode()).digest()[:4], "little")
 
     @property
@@ -126,6 +138,9 @@ class RunSpec:
     @classmethod
     def from_dict(cls, d: dict) -> RunSpec:
         sections = {"data": DataConfig, "model": ModelConfig, "optim": OptimConfig, "train": TrainConfig}
+        d = {k: (dict(v) if k in sections else v) for k, v in d.items()}
+        for (section, key), value in LEGACY_VALUES.items():  # a spec written before the key existed
+            d[section].setdefault(key, value)
         kwargs = {k: (sections[k](**v) if k in sections else v) for k, v in d.items()}
         kwargs["depends_on"] = tuple(kwargs.get("depends_on", ()))
         return cls(**kwargs)

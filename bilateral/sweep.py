@@ -22,6 +22,7 @@ StageExecutor = Callable[[list[RunSpec]], dict[str, str]]
 def run_sweep(plan: Plan, store: SweepStore, execute: StageExecutor) -> dict[str, str]:
     """Run every unfinished run of the plan; returns {run_id: error} of runs that failed or were blocked."""
     failed: dict[str, str] = damaged_records(plan, store)
+    warn_unpaired(plan, store)
     for number, stage in enumerate(plan.stages, 1):
         todo = [s for s in stage if not store.run(s.run_id).is_finished()]
         blocked = {
@@ -59,6 +60,23 @@ def damaged_records(plan: Plan, store: SweepStore) -> dict[str, str]:
                 damaged[spec.run_id] = str(exc)
                 log.error("%s", exc)
     return damaged
+
+
+def warn_unpaired(plan: Plan, store: SweepStore) -> None:
+    """A directory of a sweep from before paired data orders: its runs keep their place, but a paired
+    plan has other run ids, so it trains them anew; say so, and how to resume the old sweep instead."""
+    if not plan.runs or plan.runs[0].data.pairing != "seed" or not store.root.is_dir():
+        return
+    records, _ = store.read_records()
+    old = [r for r in records if "pairing" not in r.get("spec", {}).get("data", {})]
+    if old:
+        log.warning(
+            "%s holds %d finished run(s) trained before paired data orders (each run its own data "
+            "order): this sweep trains paired runs beside them and leaves those out of its plan. To "
+            "resume the old sweep as it was, rerun with data.pairing=run",
+            store.root,
+            len(old),
+        )
 
 
 def fusion_groups(specs: list[RunSpec], k: int, store: SweepStore) -> list[list[RunSpec]]:

@@ -299,8 +299,8 @@ def _run_unfinished(specs, store, device, data_dir, on_epoch, placement) -> list
     test = loader("test", data.test, splits.test, False, spec.train.eval_batch_size)
     resources["data_prep_time_s"] = time.perf_counter() - prepared  # decode, split, .beton files, loaders
     if spec.trains:
-        first = loader("train", data.train, splits.train, True, spec.train.batch_size, spec.init_seed)
-        trains = [first, *(first.with_seed(s.init_seed) for s in specs[1:])]  # each member's own stream
+        first = loader("train", data.train, splits.train, True, spec.train.batch_size, spec.data_seed)
+        trains = [first, *(first.with_seed(s.data_seed) for s in specs[1:])]  # each member's own stream
         trained = _train(specs, store, data, trains, val, dev, on_epoch, precision)
     else:
         trained = [_assemble_ensemble(spec, store, data, dev)]
@@ -353,6 +353,9 @@ def _finish(
         "backbone": spec.backbone_name,
         "seed": spec.seed,
         "member": spec.member,
+        "pairing": spec.data.pairing,  # seed: every arm of this seed saw data_seed's batches
+        "data_seed": spec.data_seed if spec.trains else None,  # data order and augmentation draws
+        "init_seed": spec.init_seed if spec.trains else None,  # initialisation and dropout masks
         **{f"test_{k}": v for k, v in test_metrics.items()},
         **{f"val_{k}": v for k, v in val_metrics.items()},
         **stats,
@@ -672,6 +675,7 @@ def _train(
             "resumed_from_epoch": start if start else None,
             "params": count_parameters(model),
             "trainable_params": count_parameters(model, trainable_only=True),
+            "trained_parts": trained_parts(model),
             "train_time_s": state["train_time_s"],
             "eval_time_s": state["eval_time_s"],
             "checkpoint_time_s": state["checkpoint_time_s"],
@@ -681,6 +685,11 @@ def _train(
         }
         trained.append((model, stats))
     return trained
+
+
+def trained_parts(model: nn.Module) -> list[str]:
+    """The model's top-level parts that trained (e.g. ["heads"] for frozen hemispheres)."""
+    return [name for name, part in model.named_children() if any(p.requires_grad for p in part.parameters())]
 
 
 def _host_copy(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

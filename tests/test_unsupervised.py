@@ -65,12 +65,6 @@ def test_probe_accuracy_separates_separable_classes_and_not_noise():
     assert probe_accuracy(rng.normal(size=(200, 8)), labels) < 0.45
 
 
-def test_fine_fine_rows_need_two_substrates():
-    cfg = tiny_config("plan.experiment=unsupervised", "plan.models=[bilateral-fine-fine]")
-    with pytest.raises(ConfigError, match="right_backbone other than its backbone"):
-        build_plan(cfg)
-
-
 def test_the_unsupervised_comparison_on_navon_gives_a_row_per_comparison_row_and_its_probes(tmp_path):
     navon_comparison(tmp_path, "unsupervised")
     runs = tmp_path / "t" / "runs"

@@ -8,13 +8,15 @@ modules below and registered in plan order. Per seed:                        sta
   unilateral-resnet18/34 CIFAR ResNets with both heads           0
   pool member 1..P-1     more unilateral runs, other inits        0
   ensemble-topK          mean logits of the K best pool members   1   <- the pool (chosen on validation)
+  bilateral-fine-fine, -coarse-coarse, -random: controls            1   (controls.py)
 """
 
 import importlib
 
 from bilateral.kinds.registry import Kind, Role, all_kinds, kind_of, load_kind_modules, register, with_role
 
-for _module in ("hemispheres", "bilateral_nets", "baselines", "callosal", "unsupervised"):  # plan order
+_MODULES = ("hemispheres", "bilateral_nets", "baselines", "controls", "callosal", "unsupervised")
+for _module in _MODULES:  # plan order
     importlib.import_module(f"bilateral.kinds.{_module}")
 
 __all__ = ["Kind", "Role", "all_kinds", "kind_of", "load_kind_modules", "register", "with_role"]

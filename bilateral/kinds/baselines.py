@@ -1,8 +1,11 @@
 """The baselines: one backbone with both heads (also the ensembles' pool), and the mean of the K
-best pool members' logits, chosen on validation."""
+best pool members' logits, chosen on validation. A comparison row may give the ensemble a pool of
+its own size (options: {pool: N}): ensemble-top2 with pool 2 is two nets and no selection, the same
+number of backbones and inference FLOPs as a bilateral net."""
 
 from __future__ import annotations
 
+from bilateral.errors import ConfigError
 from bilateral.kinds.registry import Kind, register
 from bilateral.models import UnilateralNet, build_backbone
 
@@ -31,9 +34,13 @@ class Ensemble(Kind):
         return [f"{self.name}-top{k}" for k in cfg.plan.ensemble_top]
 
     def add_runs(self, row, seed, plan):
-        members = range(plan.pool_size)
-        pool = tuple(UNILATERAL.add_runs(UNILATERAL.name, seed, plan, m).run_id for m in members)
+        size = plan.options.get("pool", plan.pool_size)
         k = int(row.removeprefix(f"{self.name}-top"))
+        if not isinstance(size, int) or not 1 <= k <= size:
+            raise ConfigError(
+                f"{row}: options.pool={size!r} must be an integer of at least the ensemble's {k} members"
+            )
+        pool = tuple(UNILATERAL.add_runs(UNILATERAL.name, seed, plan, m).run_id for m in range(size))
         return plan.add(self.name, plan.left, seed, top_k=k, depends_on=pool)
 
     def row_name(self, spec):

@@ -4,8 +4,7 @@
                        hemisphere's features instead of the coarse labels (k = number of coarse classes)
   bilateral-ssl        hemisphere-fine + hemisphere-ssl, frozen; heads trained        1  <- both
   bilateral-clusters   hemisphere-fine + hemisphere-clusters, frozen; heads trained   2  <- both
-  bilateral-fine-fine  two fine hemispheres of different substrates (left and right    1  <- both
-                       backbone), frozen; the only asymmetry is the architecture
+(bilateral-fine-fine, two fine hemispheres of different substrates, is a control: kinds/controls.py)
 The bilateral rows' heads train and are tested on the true fine and coarse labels.
 """
 
@@ -23,7 +22,7 @@ from bilateral.data.hierarchy import HierarchicalSplit
 from bilateral.distributed import from_rank0, rank_and_world
 from bilateral.errors import CheckpointError, ConfigError
 from bilateral.kinds.bilateral_nets import Specialised
-from bilateral.kinds.hemispheres import LEFT, RightHemisphere
+from bilateral.kinds.hemispheres import RightHemisphere
 from bilateral.kinds.registry import Kind, register
 from bilateral.models import build_backbone, load_state_strict
 from bilateral.models.ssl import SimCLRNet
@@ -139,24 +138,7 @@ class BilateralClusters(Specialised):
     how_to_get = "--experiment unsupervised --models bilateral-clusters"
 
 
-class BilateralFineFine(Specialised):
-    """Both hemispheres trained on the fine labels, one per substrate (the row's two backbones)."""
-
-    name, colour, reference = "bilateral-fine-fine", "tab:brown", False
-    how_to_get = "--experiment unsupervised --models bilateral-fine-fine"
-
-    def add_runs(self, row, seed, plan):
-        if plan.left == plan.right:
-            raise ConfigError(
-                f"{row}: both fine hemispheres would be the same run ({plan.left}); give the row a "
-                "right_backbone other than its backbone (e.g. resnet9-dilated or vit-small)"
-            )
-        deps = (plan.add(LEFT.name, plan.left, seed).run_id, plan.add(LEFT.name, plan.right, seed).run_id)
-        return plan.add(self.name, plan.left, seed, right_backbone=plan.right, depends_on=deps)
-
-
 SSL = register(SelfSupervisedHemisphere())
 CLUSTERS = register(ClusterHemisphere())
 register(BilateralSSL())
 register(BilateralClusters())
-register(BilateralFineFine())
