@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from bilateral import fidelity, report_figures
+from bilateral import contrasts, fidelity, report_figures
 from bilateral.kinds import all_kinds
 from bilateral.report_figures import t_interval
 from bilateral.stats import holm
@@ -51,6 +51,9 @@ RUN_COLUMNS = [
     "base_model",
     "settings",
     "tested_checkpoint",
+    "tested_epoch",
+    "train_images",
+    "pairing",
 ]
 
 
@@ -70,6 +73,7 @@ def runs_table(records: list[dict]) -> pd.DataFrame:
             **r,
             "total_wall_time_s": total(r["run_id"]),
             "fused_runs": len(r.get("fused_with") or []) or 1,
+            "pairing": r["spec"].get("data", {}).get("pairing", "run"),  # before pairing: each its own
         }
         for r in records
     ]
@@ -199,7 +203,8 @@ def _pm_column(df: pd.DataFrame, mean: str, std: str) -> list[str]:
     return [_pm(m, s) for m, s in zip(df[mean], df[std], strict=True)]
 
 
-def _diff_table(diffs: pd.DataFrame, label: dict[str, pd.Series]) -> str:
+def _diff_table(diffs: pd.DataFrame, label: dict[str, pd.Series], adjusted: bool = True) -> str:
+    """adjusted: Holm over this table; False: exploratory, unadjusted p-values only."""
     diffs = with_holm(diffs)
 
     def p(column: str) -> pd.Series:
@@ -211,7 +216,7 @@ def _diff_table(diffs: pd.DataFrame, label: dict[str, pd.Series]) -> str:
             for m, h in zip(diffs[f"{head}_diff_mean"], diffs[f"{head}_ci"], strict=True)
         ]
 
-    return pd.DataFrame(
+    table = pd.DataFrame(
         {
             **label,
             "pairs": diffs["pairs"],
@@ -224,7 +229,10 @@ def _diff_table(diffs: pd.DataFrame, label: dict[str, pd.Series]) -> str:
             "p (coarse)": p("coarse_p"),
             "Holm p (coarse)": p("coarse_p_holm"),
         }
-    ).to_markdown(index=False)
+    )
+    if not adjusted:
+        table = table.drop(columns=["Holm p (fine)", "Holm p (coarse)"])
+    return table.to_markdown(index=False)
 
 
 def markdown(
@@ -233,12 +241,16 @@ def markdown(
     damaged: dict[str, str] | None = None,
     config: dict | None = None,
     figures: list[tuple[str, str]] | None = None,
+    store: SweepStore | None = None,
 ) -> str:
-    """report.md: the summary, each baseline against the reference, each row's own settings against
-    the row it varies, and, for the authors' setting, how the hemispheres compare with their figures.
-    config is the sweep's (sweep.json): its report.std_ddof and what the fidelity check needs.
-    figures: (path relative to the sweep, caption) of each figure to embed."""
+    """report.md: the declared primary contrasts (if any), the summary, each baseline against the
+    reference, each row's own settings against the row it varies, and, for the authors' setting, how
+    the hemispheres compare with their figures. config is the sweep's (sweep.json): its
+    report.std_ddof, its comparison and what the fidelity check needs. figures: (path relative to the
+    sweep, caption) of each figure to embed. store: where the runs' predictions are, for the image
+    bootstrap of the primary contrasts (without it, that interval is left out)."""
     config = config or {}
+    comparison = contrasts.declared(config)
     ddof = config.get("report", {}).get("std_ddof", 1)
     summary, diffs, effects = (
         summarize(runs, ddof),
@@ -262,6 +274,11 @@ def markdown(
         f"# Sweep `{sweep}`",
         "",
         *([banner, ""] if (banner := toy_scale_banner(config)) else []),
+        *(
+            contrasts.markdown(contrasts.primary(runs, comparison, config, store), comparison)
+            if comparison
+            else []
+        ),
         f"Test accuracy, mean ± std over seeds (ddof={ddof}; checkpoints chosen on validation{tested}).",
         "",
         table.to_markdown(index=False),
@@ -275,24 +292,37 @@ def markdown(
         ]
     paired = (
         "Paired over seeds: mean ± std of the differences, their 95% t-interval, p from a two-sided "
-        "paired t-test (— when fewer than 2 pairs) and Holm-corrected over every test of the table."
+        "paired t-test (— when fewer than 2 pairs)"
+        + (
+            f". {contrasts.exploratory_note()}"
+            if comparison
+            else " and Holm-corrected over every test of the table."
+        )
     )
+    lead = "Exploratory: e" if comparison else "E"
     pairs = [int(t["pairs"].max()) for t in (diffs, effects) if not t.empty]
     warning = too_few_seeds(max(pairs)) if pairs else None
     if warning:
         text += [warning, ""]
     if not diffs.empty:
         label = {"baseline": diffs["model"] + " / " + diffs["backbone"]}
-        text += [f"## Each baseline minus {REFERENCE}", "", paired, "", _diff_table(diffs, label), ""]
+        text += [
+            f"## {lead}ach baseline minus {REFERENCE}",
+            "",
+            paired,
+            "",
+            _diff_table(diffs, label, adjusted=comparison is None),
+            "",
+        ]
     if not effects.empty:
         label = {"row": effects["model"], "minus": effects["of"] + " / " + effects["backbone"]}
         text += [
-            "## Each row's own settings: the row minus the row it varies",
+            f"## {lead}ach row's own settings: the row minus the row it varies",
             "",
             f"{paired} Settings per row: "
             + "; ".join(f"{m}: {st}" for m, st in zip(effects["model"], effects["settings"], strict=True)),
             "",
-            _diff_table(effects, label),
+            _diff_table(effects, label, adjusted=comparison is None),
             "",
         ]
     if fidelity.reference_applies(config):
@@ -330,7 +360,9 @@ def write_report(sweep_root: str | Path, copy_summary_to: str | Path | None = No
     write_atomic(store.root / "runs.csv", runs.to_csv(index=False).encode())
     write_atomic(store.root / "summary.csv", summary.to_csv(index=False).encode())
     figures = _figures(store, runs, summary)
-    write_atomic(store.root / "report.md", markdown(runs, store.root.name, damaged, config, figures).encode())
+    write_atomic(
+        store.root / "report.md", markdown(runs, store.root.name, damaged, config, figures, store).encode()
+    )
     if copy_summary_to is not None:
         write_atomic(Path(copy_summary_to), summary.to_csv(index=False).encode())
     if fidelity.applies(config):

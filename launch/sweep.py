@@ -23,6 +23,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # ray_jobs/ and slurm/ sit beside launch/
 
 from bilateral.config import PRESETS, SweepConfig, load_config, parse_seeds, to_dict
+from bilateral.contrasts import check_declared
 from bilateral.data.sources import check_dataset_spec, class_counts, image_size_of
 from bilateral.errors import BilateralError, ConfigError
 from bilateral.experiment import Plan, build_plan, group_name
@@ -241,6 +242,7 @@ def main(argv: list[str]) -> int:
         raise ConfigError(f"--fuse {args.fuse}: give the number of runs to train as one network, 1 or more")
     cfg = resolve_config(args)
     plan = build_plan(cfg)
+    check_declared(cfg)  # a contrast naming no row fails now, not in the report after training
     store = SweepStore(Path(cfg.out) / cfg.name)
     if args.dry_run:
         check_dataset_spec(cfg.data.source)
