@@ -24,6 +24,7 @@ LATER_DEFAULTS = {
     ("train", "test_checkpoint"): "best",
     ("data", "holdout_per_coarse"): 0,
     ("model", "zero_init_residual"): False,
+    ("train", "head_epochs"): None,
 }
 # A setting whose default changed: specs written before it existed meant this value.
 LEGACY_VALUES = {("data", "pairing"): "run"}
@@ -215,6 +216,20 @@ class _Frame:
     settings: dict
 
 
+def with_own_epochs(spec: RunSpec) -> RunSpec:
+    """The spec with the epochs its run trains: train.head_epochs for runs that train heads only on
+    frozen backbones, train.epochs for every other; head_epochs is then unset, so runs that never
+    read it keep their run ids whatever it is."""
+    head_epochs = spec.train.head_epochs
+    if head_epochs is None:
+        return spec
+    heads_only = spec.trains and not spec.kind_spec.trains_backbones(spec)
+    train = dataclasses.replace(
+        spec.train, epochs=head_epochs if heads_only else spec.train.epochs, head_epochs=None
+    )
+    return dataclasses.replace(spec, train=train)
+
+
 class PlanBuilder:
     """What a kind's add_runs builds runs with: the sweep's settings, the row being added (its
     backbones and options), and every run added so far."""
@@ -268,6 +283,7 @@ class PlanBuilder:
         spec = RunSpec(
             kind, backbone, seed, plugin=kind_of(kind).module, settings=settings, **common, **fields
         )
+        spec = with_own_epochs(spec)
         return self.runs.setdefault(spec.run_id, spec)
 
     def _config(self, settings: dict) -> SweepConfig:

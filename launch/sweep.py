@@ -24,9 +24,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # ray_jobs/ and sl
 
 from bilateral.config import PRESETS, SweepConfig, load_config, parse_seeds, to_dict
 from bilateral.contrasts import check_declared
-from bilateral.data.sources import check_dataset_spec, class_counts, image_size_of
+from bilateral.data.sources import check_dataset_spec, class_counts, image_size_of, train_size_of
 from bilateral.errors import BilateralError, ConfigError
-from bilateral.experiment import Plan, build_plan, group_name
+from bilateral.experiment import Plan, RunSpec, build_plan, group_name
 from bilateral.extras import require
 from bilateral.models.registry import BACKBONES
 from bilateral.placement import local_offer, place
@@ -137,28 +137,44 @@ def check_torch_build(cluster: str, device: str) -> None:
 
 
 def rows_table(plan: Plan, data_spec: str) -> str:
-    """The rows of the comparison: kind, what trains, parameters (with this data's heads), and the
-    rows each one's runs depend on."""
-    from bilateral.assemble import build_model
-    from bilateral.models import count_parameters
+    """The rows of the comparison: kind, parameters (with this data's heads) and those that train,
+    FLOPs per image at inference and over the run's training (bilateral.cost), and the rows each
+    one's runs depend on."""
+    from bilateral.cost import run_cost
 
     classes = class_counts(data_spec)
     by_id = {s.run_id: s for s in plan.runs}
-    lines = ["rows:"]
+    lines = [
+        "rows:",
+        f"  {'row':28} {'kind':24} {'backbone':24} {'params':>11} {'trained':>10} {'MFLOPs/img':>11} "
+        f"{'train PFLOPs':>13}",
+    ]
     for spec in {(s.model_name, s.backbone_name): s for s in plan.runs}.values():
-        name = spec.model_name
-        kind = spec.kind_spec
-        params = "-"
-        if kind.trains and classes:
-            params = f"{count_parameters(build_model(spec, *classes)):,}"
-        trains = "yes" if kind.trains else "no (assembled)"
-        if kind.trains and not kind.trains_backbones(spec):
-            trains = "all but the hemispheres"
+        params = trained = inference = training = "-"
+        if classes:
+            cost = run_cost(spec, *classes, image_size_of(data_spec))
+            params, trained = f"{cost.params:,}", f"{cost.trained_params:,}"
+            inference = f"{cost.inference_flops / 1e6:.1f}"
+            images = training_images(spec, data_spec)
+            if images is not None and spec.trains:  # an ensemble's training is its members' rows
+                training = f"{cost.training_flops(images) / 1e15:.3f}"
         deps = sorted({by_id[d].model_name for d in spec.depends_on})
         needs = f"  <- {', '.join(deps)}" if deps else ""
-        row = f"  {name:28} {spec.kind:24} {spec.backbone_name:24} params {params:>11}"
-        lines.append(f"{row}  trains {trains}{needs}")
+        row = f"  {spec.model_name:28} {spec.kind:24} {spec.backbone_name:24} {params:>11} {trained:>10}"
+        lines.append(f"{row} {inference:>11} {training:>13}{needs}")
     return "\n".join(lines + substrates_table(plan, data_spec))
+
+
+def training_images(spec: RunSpec, data_spec: str) -> int | None:
+    """The images a run trains on over all its epochs (full batches only), where the data's size is
+    known without decoding it."""
+    size = train_size_of(data_spec)
+    if size is None:
+        return None
+    split = size - spec.data.val_size
+    if spec.data.train_subset:
+        split = min(split, spec.data.train_subset)
+    return split // spec.train.batch_size * spec.train.batch_size * spec.train.epochs
 
 
 def substrates_table(plan: Plan, data_spec: str) -> list[str]:

@@ -78,3 +78,14 @@ def test_the_core_comparison_trains_heads_only_on_frozen_backbones(tmp_path):
     rows = {"hemisphere-fine", "hemisphere-coarse", "bilateral-specialised", "bilateral-unspecialised"}
     rows |= {"unilateral", "ensemble-2", "bilateral-fine-fine", "bilateral-coarse-coarse", "bilateral-random"}
     assert rows <= set(summary["model"])
+
+
+def test_head_epochs_apply_to_heads_only_runs_and_leave_other_run_ids_alone():
+    rows = "plan.models=[bilateral-specialised,bilateral-random,unilateral]"
+    plain = {s.model_name: s for s in build_plan(tiny_config(rows)).runs}
+    short = {s.model_name: s for s in build_plan(tiny_config(rows, "train.head_epochs=1")).runs}
+    for row in ("bilateral-specialised", "bilateral-random"):
+        assert short[row].train.epochs == 1 and plain[row].train.epochs == 2
+        assert short[row].run_id != plain[row].run_id
+    for row in ("hemisphere-fine", "hemisphere-coarse", "unilateral"):
+        assert short[row].run_id == plain[row].run_id and short[row].train.epochs == 2

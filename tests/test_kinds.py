@@ -85,10 +85,40 @@ def test_the_dry_run_prints_rows_with_their_dependencies_and_parameters(tmp_path
         sweep_cmd(tmp_path, "--seeds", "0", "--dry-run"), capture_output=True, text=True, cwd=REPO
     )
     assert proc.returncode == 0, proc.stderr
-    line = next(x for x in proc.stdout.splitlines() if x.strip().startswith("bilateral-specialised"))
-    assert "all but the hemispheres" in line and "<- hemisphere-coarse, hemisphere-fine" in line
-    params = int(line.split("params")[1].split()[0].replace(",", ""))
-    assert params > 1000
+    lines = proc.stdout.splitlines()
+
+    def columns(row: str) -> list[str]:
+        return next(x for x in lines if x.strip().startswith(row + " ")).split()
+
+    specialised = next(x for x in lines if x.strip().startswith("bilateral-specialised"))
+    assert "<- hemisphere-coarse, hemisphere-fine" in specialised
+    _, _, _, params, trained, mflops, pflops, *_ = columns("bilateral-specialised")
+    params, trained = int(params.replace(",", "")), int(trained.replace(",", ""))
+    assert 0 < trained < params / 10  # heads only: the hemispheres are frozen
+    fine = columns("hemisphere-fine")
+    assert int(fine[3].replace(",", "")) == int(fine[4].replace(",", ""))  # trains every parameter
+    # two frozen hemispheres: the net's inference FLOPs are twice one hemisphere's (plus the heads)
+    assert float(mflops) == pytest.approx(2 * float(fine[5]), rel=0.01)
+    assert pflops == "-"  # synthetic data: its training size is known only once decoded
+
+
+def test_run_cost_counts_forward_and_backward_of_what_trains():
+    """A unilateral ResNet-9 trains everything: 3x its forward per image (forward, then gradients of
+    inputs and weights); frozen hemispheres cost their forward alone."""
+    from bilateral.cost import run_cost
+    from bilateral.models.profile import profile_backbone
+
+    runs = {s.model_name: s for s in build_plan(load_config("smoke", overrides=["plan.seeds=[0]"])).runs}
+    backbone = profile_backbone("resnet9", 0.125, 32)["flops"]
+    unilateral = run_cost(runs["unilateral"], 100, 20, 32)
+    assert unilateral.inference_flops == pytest.approx(backbone, rel=0.01)
+    assert unilateral.train_flops_per_image == 3 * unilateral.inference_flops
+    assert unilateral.training_flops(1000) == 1000 * unilateral.train_flops_per_image
+    specialised = run_cost(runs["bilateral-specialised"], 100, 20, 32)
+    heads = specialised.inference_flops - 2 * backbone
+    assert specialised.train_flops_per_image == pytest.approx(2 * backbone + 3 * heads, rel=1e-6)
+    ensemble = run_cost(runs["ensemble-top2"], 100, 20, 32)
+    assert ensemble.inference_flops == 2 * unilateral.inference_flops and ensemble.train_flops_per_image == 0
 
 
 @pytest.mark.parametrize(

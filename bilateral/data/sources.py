@@ -83,6 +83,13 @@ def class_counts(spec: str) -> tuple[int, int] | None:
     return None
 
 
+def train_size_of(spec: str) -> int | None:
+    """Training images of a spec's data (before the validation split) without decoding it; None
+    where only the files tell."""
+    name, _ = _parse(spec)
+    return 50_000 if name in COARSE_MAPS or name == "cifar100" else None
+
+
 def image_size_of(spec: str) -> int:
     """The image side of a spec's data without decoding it (every source but navon is 32x32)."""
     name, _ = _parse(spec)
