@@ -168,22 +168,57 @@ def too_few_seeds(pairs: int) -> str | None:
 
 
 REAL_COMPARISON = "python launch/sweep.py --preset paper --cluster slurm"  # CIFAR-100, width 1, 5 seeds
+CPU_COMPARISON = (  # the smallest real comparison: 2 CPU cores, about 10 epochs
+    "python launch/sweep.py --preset small --experiment core --data cifar10-hier4:../shared/data/cifar10-jpg"
+)
+# Below any of these a sweep checks the machinery and answers nothing (the `small` preset is the
+# smallest real comparison: width 1/4, CIFAR-10's 45,000 training images, 10 epochs).
+MIN_WIDTH = 0.25
+MIN_TRAIN_IMAGES = 40_000  # per epoch
+MIN_EPOCHS = 10
 
 
-def toy_scale_banner(config: dict) -> str | None:
-    """What a reader of a smoke sweep's table must be told first: its numbers check the machinery,
-    they are not findings (None for the other presets)."""
-    if config.get("preset") != "smoke":
+def scale_shortfalls(config: dict, runs: pd.DataFrame | None = None) -> list[str]:
+    """What in the scale that was run falls short of a real comparison: width, training images per
+    epoch (counted by the runs where their records say, else the config's subset), epochs, synthetic
+    data. [] when nothing does, whatever the preset is called."""
+    data, train, model = config.get("data", {}), config.get("train", {}), config.get("model", {})
+    short = []
+    width = model.get("width", 1.0)
+    if width < MIN_WIDTH:
+        short.append(f"width {width:g} of the paper's (a real comparison: {MIN_WIDTH:g} or more)")
+    images = _images_per_epoch(runs) or data.get("train_subset")
+    if images and images < MIN_TRAIN_IMAGES:
+        short.append(f"{images:,} training images an epoch ({MIN_TRAIN_IMAGES:,} or more)")
+    epochs = train.get("epochs")
+    if epochs is not None and epochs < MIN_EPOCHS:
+        short.append(f"{epochs} epochs ({MIN_EPOCHS} or more)")
+    if data.get("source", "").split(":")[0] == "synthetic":
+        short.append("synthetic images (real ones: CIFAR-10 or CIFAR-100)")
+    return short
+
+
+def _images_per_epoch(runs: pd.DataFrame | None) -> int | None:
+    """The most images any run trained on per epoch, from its record (train_images / epochs)."""
+    if runs is None or "train_images" not in runs:
         return None
-    data, train, width = config["data"], config["train"], config["model"]["width"]
-    images = f"{data['train_subset']:,}" if data.get("train_subset") else "all the"
+    per_epoch = (runs["train_images"] / runs["epochs"]).dropna()
+    per_epoch = per_epoch[per_epoch > 0]
+    return int(per_epoch.max()) if len(per_epoch) else None
+
+
+def toy_scale_banner(config: dict, runs: pd.DataFrame | None = None) -> str | None:
+    """What a reader of a toy-scale sweep's table must be told first: its numbers check the
+    machinery, they are not findings (None for a sweep at the scale of a real comparison)."""
+    short = scale_shortfalls(config, runs)
+    if not short:
+        return None
     return (
-        f"> **A machinery check at toy scale, not a result.** The smoke preset trains every model kind "
-        f"at {width:g} of the paper's width on {images} training images of `{data['source']}` for "
-        f"{train['epochs']} epochs, to show that the whole pipeline runs; its accuracies and p-values "
-        "say nothing about hemispheric specialisation. For a real comparison (CIFAR-100, full width, "
-        f"5 seeds, 180 epochs; a GPU per run): `{REAL_COMPARISON}` (or `--cluster ray`, or `--preset "
-        "fast` for a 40-epoch protocol)."
+        "> **A machinery check at toy scale, not a result.** This sweep ran below the scale of a real "
+        f"comparison: {'; '.join(short)}. Its accuracies and p-values show that the pipeline runs and "
+        "say nothing about hemispheric specialisation. For a real comparison on 2 CPU cores: "
+        f"`{CPU_COMPARISON}`; on GPUs (CIFAR-100, full width, 5 seeds, 180 epochs): `{REAL_COMPARISON}` "
+        "(or `--cluster ray`, or `--preset fast` for a 40-epoch protocol)."
     )
 
 
@@ -273,7 +308,7 @@ def markdown(
     text = [
         f"# Sweep `{sweep}`",
         "",
-        *([banner, ""] if (banner := toy_scale_banner(config)) else []),
+        *([banner, ""] if (banner := toy_scale_banner(config, runs)) else []),
         *(
             contrasts.markdown(contrasts.primary(runs, comparison, config, store), comparison)
             if comparison

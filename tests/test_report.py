@@ -6,6 +6,8 @@ from scipy import stats
 
 from bilateral.config import load_config, to_dict
 from bilateral.report import (
+    MIN_EPOCHS,
+    MIN_WIDTH,
     REAL_COMPARISON,
     holm,
     markdown,
@@ -13,6 +15,7 @@ from bilateral.report import (
     runs_table,
     summarize,
     too_few_seeds,
+    toy_scale_banner,
     write_report,
 )
 from bilateral.store import SweepStore
@@ -117,13 +120,28 @@ def test_the_report_says_when_the_seeds_are_too_few_and_gives_intervals():
     assert too_few_seeds(5) is None
 
 
-def test_only_a_smoke_sweep_is_introduced_as_a_toy_scale_check():
+def test_the_toy_scale_banner_follows_the_scale_that_was_run_not_the_preset_name():
     runs = runs_table(RECORDS)
     smoke = to_dict(load_config("smoke"))
     report = markdown(runs, "s", config=smoke)
     banner = report.index("A machinery check at toy scale")
     assert banner < report.index("| model") and REAL_COMPARISON in report
-    assert "at 0.125 of the paper's width on 4,000 training images of `synthetic`" in report
+    for short in ("width 0.125", "4,000 training images an epoch", "7 epochs", "synthetic images"):
+        assert short in report
+    small = to_dict(load_config("small"))  # width 1/4, real CIFAR-10's 45,000 images, 10 epochs
+    assert small["model"]["width"] == MIN_WIDTH and small["train"]["epochs"] >= MIN_EPOCHS
+    assert toy_scale_banner(small) is None
+    # the records' images per epoch decide, whatever the config or preset name says
+    seen = runs.assign(train_images=4_000 * 10, epochs=10)
+    banner = toy_scale_banner({**small, "preset": "small"}, seen)
+    assert banner is not None and "4,000 training images an epoch (40,000 or more)" in banner
+    full = runs.assign(train_images=44_544 * 10, epochs=10)
+    assert (
+        toy_scale_banner(
+            {**smoke, "preset": "smoke", **{k: small[k] for k in ("data", "model", "train")}}, full
+        )
+        is None
+    )
     assert "toy scale" not in markdown(runs, "s", config=to_dict(load_config("fast")))
 
 
