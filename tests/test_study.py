@@ -1,0 +1,27 @@
+"""launch/study.py: one sweep per value of a key, and every row's validation accuracy against it."""
+
+import subprocess
+import sys
+
+import pandas as pd
+
+from tests.conftest import DATA_DIR, REPO, TINY
+
+
+def test_an_epochs_study_tabulates_every_row_per_value(tmp_path):
+    cmd = [sys.executable, str(REPO / "launch" / "study.py"), "--values", "1,2", "--out", str(tmp_path)]
+    cmd += ["--name", "e", "--", "--seeds", "0", "--models", "hemisphere-fine,unilateral", *TINY, DATA_DIR]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    table = pd.read_csv(tmp_path / "e" / "study.csv")
+    rows = set(zip(table["row"], table["head"], strict=True))
+    assert rows == {("hemisphere-fine", "fine"), ("unilateral", "fine"), ("unilateral", "coarse")}
+    assert sorted(set(table["value"])) == [1, 2]
+    last = table[table["value"] == 2]
+    assert (last["points_below_last"] == 0).all()
+    first = table[table["value"] == 1].set_index(["row", "head"])
+    final = last.set_index(["row", "head"])
+    expected = 100 * (final["val_acc"] - first["val_acc"])
+    assert (abs(first["points_below_last"] - expected) < 1e-9).all()
+    assert "Smallest train.epochs with every row within 1 point(s)" in proc.stdout
+    assert (tmp_path / "e-1" / "summary.csv").is_file() and (tmp_path / "e-2" / "summary.csv").is_file()
