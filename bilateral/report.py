@@ -2,16 +2,20 @@
 its wall time is its share of theirs), summary.csv (one row per model x backbone), report.md.
 
 summary.csv columns: model, backbone, seeds, fine_acc_mean, fine_acc_std, coarse_acc_mean,
-coarse_acc_std, params, compute_hours. Standard deviations are over seeds (ddof from
-report.std_ddof, 1 by default; empty for one seed). compute_hours is the wall time of the model's
-runs summed over seeds, including the runs it depends on (a specialised bilateral net counts its
-hemispheres, an ensemble its whole pool).
+coarse_acc_std, params, train_flops, inference_flops, compute_hours. Standard deviations are over
+seeds (ddof from report.std_ddof, 1 by default; empty for one seed). train_flops is what one model
+of the row cost to train (mean over seeds), including the runs it depends on, as compute_hours;
+inference_flops what it costs per test image (bilateral.cost: counted on the network; frozen parts
+cost their forward only). compute_hours is the wall time of the model's runs summed over seeds,
+including the runs it depends on (a specialised bilateral net counts its hemispheres, an ensemble
+its whole pool).
 Ensemble pool members other than member 0 (the unilateral baseline itself) get no row of their own.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +23,10 @@ import pandas as pd
 from scipy import stats
 
 from bilateral import contrasts, fidelity, report_figures
+from bilateral.contrasts import POINTS
+from bilateral.cost import run_cost
+from bilateral.data.sources import class_counts
+from bilateral.experiment import RunSpec
 from bilateral.kinds import all_kinds
 from bilateral.report_figures import t_interval
 from bilateral.stats import holm
@@ -53,17 +61,22 @@ RUN_COLUMNS = [
     "tested_checkpoint",
     "tested_epoch",
     "train_images",
+    "train_flops",
+    "total_train_flops",
+    "inference_flops",
     "pairing",
 ]
 
 
 def runs_table(records: list[dict]) -> pd.DataFrame:
-    """One row per finished run, with total_wall_time_s = its own wall time plus its dependencies'."""
+    """One row per finished run, with total_wall_time_s = its own wall time plus its dependencies',
+    its FLOPs (train_flops: its own training; total_train_flops: with its dependencies')."""
     by_id = {r["run_id"]: r for r in records}
+    costs = {r["run_id"]: _flops(r) for r in records}
 
-    def total(run_id: str) -> float:
+    def total(run_id: str, own: Callable[[dict], float]) -> float:
         r = by_id.get(run_id)
-        return 0.0 if r is None else r["wall_time_s"] + sum(total(d) for d in r["spec"]["depends_on"])
+        return 0.0 if r is None else own(r) + sum(total(d, own) for d in r["spec"]["depends_on"])
 
     rows = [
         {
@@ -71,14 +84,31 @@ def runs_table(records: list[dict]) -> pd.DataFrame:
             "settings": "",
             "tested_checkpoint": "best",
             **r,
-            "total_wall_time_s": total(r["run_id"]),
+            "total_wall_time_s": total(r["run_id"], lambda rec: rec["wall_time_s"]),
+            "train_flops": costs[r["run_id"]][0],
+            "total_train_flops": total(r["run_id"], lambda rec: costs[rec["run_id"]][0]),
+            "inference_flops": costs[r["run_id"]][1],
             "fused_runs": len(r.get("fused_with") or []) or 1,
-            "pairing": r["spec"].get("data", {}).get("pairing", "run"),  # before pairing: each its own
+            "pairing": r.get("pairing") or r["spec"].get("data", {}).get("pairing", "run"),  # before: "run"
         }
         for r in records
     ]
     df = pd.DataFrame(rows).reindex(columns=RUN_COLUMNS)
     return df.sort_values(["model", "backbone", "seed", "member"], ignore_index=True)
+
+
+def _flops(record: dict) -> tuple[float, float]:
+    """(training FLOPs of the run itself, inference FLOPs per image) from its spec and the images it
+    trained on; NaN where the record does not say (older records, data without known class counts)."""
+    spec, classes = record["spec"], None
+    if "kind" in spec and "image_size" in record:
+        classes = class_counts(spec["data"]["source"])
+    if classes is None:
+        return np.nan, np.nan
+    # the cost depends on the network, not on the seed: one count per row
+    identity = {**spec, "seed": 0, "member": 0, "depends_on": []}
+    cost = run_cost(RunSpec.from_dict(identity), *classes, record["image_size"])
+    return float(cost.training_flops(record.get("train_images", 0))), float(cost.inference_flops)
 
 
 def summarize(runs: pd.DataFrame, ddof: int = 1) -> pd.DataFrame:
@@ -90,6 +120,8 @@ def summarize(runs: pd.DataFrame, ddof: int = 1) -> pd.DataFrame:
         coarse_acc_mean=("test_acc_coarse", "mean"),
         coarse_acc_std=("test_acc_coarse", lambda s: _std(s, ddof)),
         params=("params", "max"),
+        train_flops=("total_train_flops", "mean"),
+        inference_flops=("inference_flops", "max"),
         compute_hours=("total_wall_time_s", lambda s: s.sum() / 3600),
     )
     return summary.reset_index()
@@ -277,13 +309,15 @@ def markdown(
     config: dict | None = None,
     figures: list[tuple[str, str]] | None = None,
     store: SweepStore | None = None,
+    primary: pd.DataFrame | None = None,
 ) -> str:
     """report.md: the declared primary contrasts (if any), the summary, each baseline against the
     reference, each row's own settings against the row it varies, and, for the authors' setting, how
     the hemispheres compare with their figures. config is the sweep's (sweep.json): its
     report.std_ddof, its comparison and what the fidelity check needs. figures: (path relative to the
     sweep, caption) of each figure to embed. store: where the runs' predictions are, for the image
-    bootstrap of the primary contrasts (without it, that interval is left out)."""
+    bootstrap of the primary contrasts (without it, that interval is left out). primary: their
+    table when already computed (write_report computes it once for the table and the forest plot)."""
     config = config or {}
     comparison = contrasts.declared(config)
     ddof = config.get("report", {}).get("std_ddof", 1)
@@ -300,6 +334,10 @@ def markdown(
             "fine acc": _pm_column(summary, "fine_acc_mean", "fine_acc_std"),
             "coarse acc": _pm_column(summary, "coarse_acc_mean", "coarse_acc_std"),
             "params": summary["params"].map(lambda p: f"{int(p):,}" if pd.notna(p) else "—"),
+            "train PFLOPs": summary["train_flops"].map(lambda f: f"{f / 1e15:.3g}" if pd.notna(f) else "—"),
+            "MFLOPs / image": summary["inference_flops"].map(
+                lambda f: f"{f / 1e6:.1f}" if pd.notna(f) else "—"
+            ),
             "compute h": summary["compute_hours"].map(lambda h: f"{h:.3f}"),
         }
     )
@@ -310,7 +348,10 @@ def markdown(
         "",
         *([banner, ""] if (banner := toy_scale_banner(config, runs)) else []),
         *(
-            contrasts.markdown(contrasts.primary(runs, comparison, config, store), comparison)
+            contrasts.markdown(
+                primary if primary is not None else contrasts.primary(runs, comparison, config, store),
+                comparison,
+            )
             if comparison
             else []
         ),
@@ -391,13 +432,16 @@ def write_report(sweep_root: str | Path, copy_summary_to: str | Path | None = No
         raise FileNotFoundError(f"no finished runs under {store.root / 'runs'}: run the sweep first{problem}")
     config = store.read_config()  # validated when the sweep began
     runs = runs_table(records)
-    summary = summarize(runs, config.get("report", {}).get("std_ddof", 1))
+    ddof = config.get("report", {}).get("std_ddof", 1)
+    summary = summarize(runs, ddof)
     write_atomic(store.root / "runs.csv", runs.to_csv(index=False).encode())
     write_atomic(store.root / "summary.csv", summary.to_csv(index=False).encode())
-    figures = _figures(store, runs, summary)
-    write_atomic(
-        store.root / "report.md", markdown(runs, store.root.name, damaged, config, figures, store).encode()
-    )
+    comparison = contrasts.declared(config)
+    primary = contrasts.primary(runs, comparison, config, store) if comparison else None
+    differences = _forest_rows(primary, paired_differences(runs, ddof), setting_effects(runs, ddof))
+    figures = _figures(store, runs, summary, differences, comparison.margin if comparison else None)
+    report = markdown(runs, store.root.name, damaged, config, figures, store, primary)
+    write_atomic(store.root / "report.md", report.encode())
     if copy_summary_to is not None:
         write_atomic(Path(copy_summary_to), summary.to_csv(index=False).encode())
     if fidelity.applies(config):
@@ -406,7 +450,45 @@ def write_report(sweep_root: str | Path, copy_summary_to: str | Path | None = No
     return damaged
 
 
-def _figures(store: SweepStore, runs: pd.DataFrame, summary: pd.DataFrame) -> list[tuple[str, str]]:
+def _forest_rows(primary: pd.DataFrame | None, diffs: pd.DataFrame, effects: pd.DataFrame) -> pd.DataFrame:
+    """The forest plot's rows, in points: the primary contrasts, then every other difference of the
+    report (each baseline minus the reference, each row's settings minus the row it varies)."""
+    rows = []
+    if primary is not None:
+        rows += [
+            {
+                "label": r.contrast,
+                "head": r.head,
+                "kind": "primary",
+                "diff": r.diff,
+                "low": r.low,
+                "high": r.high,
+            }
+            | {"both_low": r.both_low, "both_high": r.both_high}
+            for r in primary.itertuples()
+        ]
+    for table, label in (
+        (diffs, lambda d: f"{d.model} / {d.backbone} − {REFERENCE}"),
+        (effects, lambda d: f"{d.model} − {d.of}"),
+    ):
+        for d in table.itertuples():
+            for head in ("fine", "coarse"):
+                mean, half = getattr(d, f"{head}_diff_mean") * POINTS, getattr(d, f"{head}_ci") * POINTS
+                if not pd.isna(mean):
+                    rows.append(
+                        {"label": label(d), "head": head, "kind": "other", "diff": mean}
+                        | {"low": mean - half, "high": mean + half}
+                    )
+    return pd.DataFrame(rows)
+
+
+def _figures(
+    store: SweepStore,
+    runs: pd.DataFrame,
+    summary: pd.DataFrame,
+    differences: pd.DataFrame,
+    margin: float | None,
+) -> list[tuple[str, str]]:
     """Draw the report's figures into <sweep>/figures; [] (and a warning) without matplotlib."""
     if not report_figures.available():
         log.warning(
@@ -415,17 +497,30 @@ def _figures(store: SweepStore, runs: pd.DataFrame, summary: pd.DataFrame) -> li
         return []
     out = store.root / "figures"
     drawn = []
+    if not differences.empty:
+        drawn.append(
+            (
+                report_figures.forest(differences, margin, out / "forest.png"),
+                "Differences in test accuracy (points) with 95% CIs: primary contrasts first, then the "
+                "exploratory ones; the band is the equivalence margin",
+            )
+        )
     curves = report_figures.curves(store, runs)
     if not curves.empty:
         path = report_figures.learning_curves(curves, out / "learning_curves.png")
-        drawn.append((path, "Validation accuracy per head against epoch, mean over seeds"))
+        drawn.append(
+            (path, "Validation accuracy per head and training loss against epoch; x: each run's chosen epoch")
+        )
     drawn.append(
-        (report_figures.comparison(runs, out / "comparison.png"), "Test accuracy with 95% CIs over seeds")
+        (
+            report_figures.comparison(runs, out / "comparison.png"),
+            "Test accuracy per row: each seed (dots) and the mean with its 95% CI over seeds",
+        )
     )
     drawn.append(
         (
-            report_figures.accuracy_vs_compute(summary, out / "accuracy_vs_compute.png"),
-            "Accuracy against compute-hours",
+            report_figures.accuracy_vs_cost(summary, out / "accuracy_vs_cost.png"),
+            "Accuracy against training FLOPs (one model, with what it depends on)",
         )
     )
     return [(str(path.relative_to(store.root)), caption) for path, caption in drawn]

@@ -94,6 +94,8 @@ def test_write_report_files(tmp_path):
         "coarse_acc_mean",
         "coarse_acc_std",
         "params",
+        "train_flops",
+        "inference_flops",
         "compute_hours",
     ]
     assert len(summary) == 4
@@ -145,22 +147,34 @@ def test_the_toy_scale_banner_follows_the_scale_that_was_run_not_the_preset_name
     assert "toy scale" not in markdown(runs, "s", config=to_dict(load_config("fast")))
 
 
-def test_the_report_embeds_learning_curves_comparison_and_compute_figures(tmp_path):
+def test_the_report_embeds_the_forest_plot_per_seed_points_and_curves_with_the_chosen_epoch(tmp_path):
     import json
+
+    from bilateral.report_figures import curves
 
     sweep = SweepStore(tmp_path / "s")
     for r in RECORDS:
         run = sweep.run(r["run_id"])
         run.path("record.json").parent.mkdir(parents=True)
-        run.path("record.json").write_text(json.dumps(r))
+        run.path("record.json").write_text(json.dumps({**r, "best_epoch": 1, "tested_epoch": 1}))
         run.write_metrics(
-            [{"epoch": e, "val_acc_fine": 0.1 * e, "val_acc_coarse": 0.2 * e} for e in range(3)]
+            [
+                {"epoch": e, "train_loss": 2.0 - 0.5 * e, "val_acc_fine": 0.1 * e, "val_acc_coarse": 0.2 * e}
+                for e in range(3)
+            ]
         )
     write_report(sweep.root)
     report = (sweep.root / "report.md").read_text()
-    for name in ("learning_curves", "comparison", "accuracy_vs_compute"):
+    for name in ("forest", "learning_curves", "comparison", "accuracy_vs_cost"):
         assert f"](figures/{name}.png)" in report
         assert (sweep.root / "figures" / f"{name}.png").stat().st_size > 5000
+    assert "x: each run's chosen epoch" in report and "each seed (dots)" in report
+    table = curves(sweep, runs_table(RECORDS).assign(tested_epoch=1))
+    assert set(table["metric"]) == {"fine", "coarse", "train loss"}
+    chosen = table[table["chosen"]]
+    assert set(chosen["epoch"]) == {2}  # tested_epoch 1 is the second epoch
+    uni = table[(table["row"] == "unilateral / resnet9") & (table["metric"] == "train loss")]
+    assert sorted(uni["value"].unique()) == [1.0, 1.5, 2.0]
 
 
 def test_a_cifar100_resnet9_report_puts_the_authors_figures_beside_its_own():
