@@ -25,3 +25,29 @@ def test_an_epochs_study_tabulates_every_row_per_value(tmp_path):
     assert (abs(first["points_below_last"] - expected) < 1e-9).all()
     assert "Smallest train.epochs with every row within 1 point(s)" in proc.stdout
     assert (tmp_path / "e-1" / "summary.csv").is_file() and (tmp_path / "e-2" / "summary.csv").is_file()
+
+
+def test_time_to_accuracy_compares_two_recipes_on_one_run_each(tmp_path):
+    cmd = [
+        sys.executable,
+        str(REPO / "launch" / "time_to_accuracy.py"),
+        "--data",
+        "synthetic",
+        "--width",
+        "0.125",
+    ]
+    cmd += [
+        "--out",
+        str(tmp_path),
+        "--name",
+        "tta",
+        *[o for o in TINY if not o.startswith("model.width")],
+        DATA_DIR,
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    text = (tmp_path / "tta" / "time_to_accuracy.md").read_text()
+    assert "| authors | 2 |" in text and "| small | 2 |" in text
+    assert "validation accuracy" in text and "The authors' recipe needs" in text
+    records = {p.parent.parent.parent.name: p for p in tmp_path.glob("tta-*/runs/*/record.json")}
+    assert set(records) == {"tta-authors", "tta-small"}
