@@ -267,6 +267,8 @@ def run(ctx: SweepContext, out: Path, max_images: int | None = 1000, grid_images
         }
     )
     section.table(table)
+    for value in ("entropy_mean", "area_half_max_mean"):  # right minus left, per map source and target
+        section.compare_seeds(spread, value, ["source", "target"], "side", "left")
     path = figures.gradcam_spread(
         pd.concat(pooled, ignore_index=True), out / "figures" / "gradcam_spread.png"
     )

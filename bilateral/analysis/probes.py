@@ -119,5 +119,7 @@ def run(ctx: SweepContext, out: Path) -> Section:
     ):
         shown[name] = [pm(m, s) for m, s in zip(summary[col], summary[f"{col}_sd"], strict=True)]
     section.table(shown, numparse=False)
+    for value in ("probe_fine", "probe_coarse"):  # right minus left, within each net
+        section.compare_seeds(table, value, ["model"], "hemisphere", "left")
     section.files.append(out / "probes.csv")
     return section

@@ -166,6 +166,8 @@ def run(ctx: EvalContext, out: Path) -> Section:
     wide = summary.pivot(index=["model", "representation"], columns="column", values="cell").reset_index()
     columns = [f"{s}-shot" for s in SHOTS] + ["probe"]
     section.table(wide[["model", "representation", *columns]], numparse=False)
+    # each representation of a net minus its left half (right − left, all − left), seed by seed
+    section.compare_seeds(table, "acc", ["model", "column"], "representation", "left")
     section.figure(
         figures.transfer_curves(table, out / "figures" / "transfer.png"),
         "Held-out class accuracy against shots per class (nearest class mean), mean over seeds",
