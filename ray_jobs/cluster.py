@@ -40,11 +40,19 @@ PORT_FLAGS = (
 )
 
 
+_GIVEN: set[int] = set()  # ports this process handed out: the kernel may offer a just-closed one again
+
+
 def free_port() -> int:
-    """A port free on every interface: good for a loopback node and for one on a node's address."""
-    with socket.socket() as s:
-        s.bind(("", 0))
-        return s.getsockname()[1]
+    """A port free on every interface (good for a loopback node and for one on a node's address), and
+    not one this process gave before: Ray refuses to start when two of its components share one."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("", 0))
+            port = s.getsockname()[1]
+        if port not in _GIVEN:
+            _GIVEN.add(port)
+            return port
 
 
 def start(num_cpus: int, state: Path, timeout_s: float = 120.0, token: Path | None = None) -> dict:

@@ -57,35 +57,70 @@ def test_ray_sweep_matches_local(tmp_path, ray_cluster):
     assert not list((tmp_path / "ray" / "t" / "ray").rglob("events.out.tfevents*"))
 
 
-def test_ray_job_submit(tmp_path, ray_cluster):
-    out = tmp_path / "results"
-    cmd = [
-        str(Path(sys.executable).with_name("ray")),
-        "job",
-        "submit",
-        "--address",
-        ray_cluster["dashboard"],
-        "--working-dir",
-        str(REPO),
-        "--runtime-env",
-        str(REPO / "ray_jobs" / "runtime_env.yaml"),
-        "--",
-        "python",
-        "ray_jobs/submit.py",
-        "--out",
-        str(out),
-        "--models",
-        "unilateral",
-        "--seeds",
-        "0",
-        *TINY,
-        DATA_DIR,
-    ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=ENV)  # cluster.start() waited
+def job_submit(dashboard: str, env: dict, *command: str) -> subprocess.CompletedProcess:
+    """`ray job submit` of this checkout with the runtime env the docs give, as a user would run it."""
+    runtime_env = str(REPO / "ray_jobs" / "runtime_env.yaml")
+    cmd = [str(Path(sys.executable).with_name("ray")), "job", "submit", "--address", dashboard]
+    cmd += ["--working-dir", str(REPO), "--runtime-env", runtime_env, "--", *command]
+    env = {**env, "RAY_OVERRIDE_RUNTIME_ENV_DEFAULT_EXCLUDES": "__pycache__"}  # ship .git (docs/ray.md)
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env)  # cluster.start() waited
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "succeeded" in proc.stdout
+    return proc
+
+
+def test_runtime_env_ships_every_source_file_and_git(monkeypatch):
+    """Ray matches runtime_env excludes like .gitignore lines: an unanchored `data` would drop
+    bilateral/data/ from every job (which then imports the node's own checkout, or fails), and
+    without .git a record cannot say which commit trained it. Walked with Ray's own upload code."""
+    import yaml
+    from ray._private.ray_constants import get_runtime_env_default_excludes
+    from ray._private.runtime_env.packaging import _dir_travel, _get_excludes
+
+    monkeypatch.setenv("RAY_OVERRIDE_RUNTIME_ENV_DEFAULT_EXCLUDES", "__pycache__")  # as docs/ray.md submits
+    excludes = get_runtime_env_default_excludes()
+    excludes += yaml.safe_load((REPO / "ray_jobs" / "runtime_env.yaml").read_text())["excludes"]
+    shipped: set[str] = set()
+    _dir_travel(REPO, [_get_excludes(REPO, excludes)], lambda p: shipped.add(str(p.relative_to(REPO))), True)
+    code = ["git", "ls-files", "bilateral", "launch", "ray_jobs", "slurm", "pyproject.toml"]
+    tracked = subprocess.run(code, cwd=REPO, capture_output=True, text=True).stdout.split()
+    assert "bilateral/data/loader.py" in tracked
+    assert not [f for f in tracked if f not in shipped and (REPO / f).exists()]
+    assert ".git/HEAD" in shipped
+    assert not {".venv", "results/summary.csv", "data"} & shipped
+
+
+@pytest.fixture(scope="module")
+def token_cluster(tmp_path_factory):
+    """A cluster with token auth on, as docs/ray.md tells users to run theirs."""
+    from ray_jobs.auth import use_token, write_token
+
+    folder = tmp_path_factory.mktemp("ray-token")
+    token = write_token(folder / "token")
+    info = cluster.start(num_cpus=2, state=folder / "cluster.json", token=token)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    use_token(token, env)
+    yield info, env
+    cluster.stop(folder / "cluster.json")
+
+
+def test_ray_job_submit(tmp_path, token_cluster):
+    """The documented job, on a token-auth cluster: the driver and its trials reach it, the code is
+    the submitted copy (bilateral.data included), and the record names the checkout's commit."""
+    info, env = token_cluster
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout
+    where = job_submit(
+        info["dashboard"], env, "python", "-c", "import bilateral.data as d; print(d.__file__)"
+    )
+    lines = [line for line in where.stdout.splitlines() if line.endswith("__init__.py")]
+    assert lines and "/bilateral/data/__init__.py" in lines[0] and not lines[0].startswith(str(REPO))
+    out = tmp_path / "results"
+    sweep = ["--out", str(out), "--models", "unilateral", "--seeds", "0", *TINY, DATA_DIR]
+    job_submit(info["dashboard"], env, "python", "ray_jobs/submit.py", *sweep)
     summary = pd.read_csv(out / "summary.csv")
     assert summary.loc[0, "model"] == "unilateral" and 0 < summary.loc[0, "coarse_acc_mean"] <= 1
+    (record,) = out.glob("*/runs/*/record.json")
+    assert json.loads(record.read_text())["versions"]["git_commit"] == head.strip()
 
 
 def ddp_spec(*overrides):
