@@ -1,6 +1,9 @@
 """The authors' published figures, and the check that a sweep of their protocol lands near them.
 
-A CIFAR-100 ResNet-9 sweep under `paper` or `authors` whose hemispheres fall outside these bands
+The authors trained on all 50,000 CIFAR-100 training images and chose checkpoints on the test set;
+this suite trains on 45,000 and chooses on a validation split. Both favour their figures, so a
+faithful reproduction lands a little *below* their bands. A CIFAR-100 ResNet-9 sweep under `paper`
+or `authors` whose hemispheres fall further below (more than EXPECTED_SHORTFALL) or above them
 differs from the authors' setup somewhere (data, augmentation, a changed setting, a bug); saying so
 in report.md tells the user at once, before anyone reads the bilateral rows.
 """
@@ -12,6 +15,10 @@ from dataclasses import dataclass
 import pandas as pd
 
 SOURCE = "the authors' artefacts for Rajagopalan et al. (arXiv 2209.06862), CIFAR-100, ResNet-9, 5 seeds"
+THEIR_PROTOCOL = "trained on 50,000 images, checkpoints chosen on test"
+# How far below their band their advantages can put a faithful run (5,000 fewer training images; the
+# best of 180 test evaluations instead of the best on validation): a judgement, about 3 points.
+EXPECTED_SHORTFALL = 0.03
 
 
 @dataclass(frozen=True)
@@ -38,16 +45,30 @@ def applies(config: dict) -> bool:
 
 
 def outside_bands(summary: pd.DataFrame) -> list[str]:
-    """One line per hemisphere row whose mean test accuracy lies outside the authors' band."""
+    """One line per hemisphere row whose mean test accuracy lies outside the authors' band, saying
+    whether their protocol's advantages explain it (a little below) or not (far below, or above)."""
     lines = []
     for band in BANDS:
         rows = summary[(summary["model"] == band.model) & (summary["backbone"] == "resnet9")]
         for mean in rows[f"{band.head}_acc_mean"].dropna():
-            if not band.low <= mean <= band.high:
-                lines.append(
-                    f"{band.model} {band.head} accuracy {mean:.4f} is outside the authors' "
-                    f"{band.low:.2f}-{band.high:.2f}"
+            if band.low <= mean <= band.high:
+                continue
+            line = f"{band.model} {band.head} accuracy {mean:.4f} is outside the authors' "
+            line += f"{band.low:.2f}-{band.high:.2f}"
+            if mean > band.high:
+                why = f"above it, although they {THEIR_PROTOCOL}: something in this setup differs from theirs"
+            elif band.low - mean <= EXPECTED_SHORTFALL:
+                why = (
+                    f"below it by {100 * (band.low - mean):.1f} points, as expected: they {THEIR_PROTOCOL}, "
+                    "this sweep trains on 45,000 and chooses on validation"
                 )
+            else:
+                why = (
+                    f"{100 * (band.low - mean):.1f} points below it, more than their protocol explains "
+                    f"(they {THEIR_PROTOCOL}; about {100 * EXPECTED_SHORTFALL:.0f} points at most): "
+                    "something in this setup differs from theirs"
+                )
+            lines.append(f"{line}: {why}")
     return lines
 
 
@@ -81,7 +102,10 @@ def reference_table(summary: pd.DataFrame) -> str:
                 "row": model,
                 "head": head,
                 "this sweep": "—" if mine.dropna().empty else f"{mine.dropna().iloc[0]:.4f}",
-                "the authors'": theirs,
+                f"the authors' ({THEIR_PROTOCOL})": theirs,
             }
         )
-    return pd.DataFrame(rows).to_markdown(index=False) + f"\n\nSource: {SOURCE}."
+    return (
+        pd.DataFrame(rows).to_markdown(index=False)
+        + f"\n\nSource: {SOURCE}. Their protocol favours their figures: expect this sweep's a little lower."
+    )

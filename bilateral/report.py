@@ -405,9 +405,7 @@ def markdown(
         text += ["## Beside the authors' figures", "", fidelity.reference_table(summary), ""]
     if fidelity.applies(config):
         outside = fidelity.outside_bands(summary)
-        verdict = [f"- {line}: something in this setup differs from theirs" for line in outside] or [
-            "- both hemispheres lie within the authors' bands"
-        ]
+        verdict = [f"- {line}" for line in outside] or ["- both hemispheres lie within the authors' bands"]
         bands = ", ".join(f"{b.model} {b.head} {b.low:.2f}-{b.high:.2f}" for b in fidelity.BANDS)
         text += [
             "## Against the authors' figures",

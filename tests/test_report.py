@@ -184,3 +184,27 @@ def test_a_cifar100_resnet9_report_puts_the_authors_figures_beside_its_own():
     assert "Beside the authors'" not in markdown(
         runs_table(RECORDS), "s", config={"data": {"source": "synthetic"}}
     )
+
+
+def test_the_fidelity_check_states_the_expected_direction_of_a_difference_from_the_authors():
+    from bilateral import fidelity
+
+    def line(fine):
+        summary = pd.DataFrame(
+            {
+                "model": ["hemisphere-fine"],
+                "backbone": ["resnet9"],
+                "fine_acc_mean": [fine],
+                "coarse_acc_mean": [0],
+            }
+        )
+        (only,) = fidelity.outside_bands(summary)
+        return only
+
+    assert "below it by 1.0 points, as expected" in line(0.65)  # their 50,000 images and test-set choice
+    assert "8.0 points below it, more than their protocol explains" in line(0.58)
+    assert "above it, although they trained on 50,000 images" in line(0.72)
+    config = {"data": {"source": "cifar100"}, "plan": {"backbone": "resnet9"}, "preset": "fast"}
+    assert "trained on 50,000 images, checkpoints chosen on test" in markdown(
+        runs_table(RECORDS), "s", config=config
+    )
