@@ -4,10 +4,11 @@ value of one key, and tabulate every row's validation accuracy against the value
     python launch/study.py --values 5,10,20,40 -- --preset small --experiment core --seeds 0
     python launch/study.py --key train.head_epochs --values 2,5,10 -- --preset small --experiment core
 
-Each value is a sweep of its own, results/<name>-<value>/ (resumed like any sweep when rerun);
-results/<name>/study.csv and study.md hold the table: per row and head, the mean validation accuracy
-over seeds at each value, its distance in points from the row's accuracy at the largest value, and
-the smallest value at which every row is within --tolerance points of it. Validation only: the test
+Each value is a sweep of its own, results/<name>-<value>/ (resumed like any sweep when rerun), run
+in the order given (largest first gives the reference soonest); results/<name>/study.csv and
+study.md hold the table: per row and head, the mean validation accuracy over seeds at each value,
+its distance in points from the row's accuracy at the largest value, and the smallest value at which
+every row is within --tolerance points of it. Validation only: the test
 set chooses nothing.
 """
 
@@ -39,7 +40,11 @@ def main(argv: list[str]) -> int:
     args = p.parse_args(argv)
     values = [v.strip() for v in args.values.split(",") if v.strip()]
     if len(values) < 2:
-        p.error(f"--values {args.values!r}: give at least two values, the largest last")
+        p.error(f"--values {args.values!r}: give at least two numbers, e.g. 40,20,10,5")
+    try:
+        ordered = sorted(values, key=float)
+    except ValueError:
+        p.error(f"--values {args.values!r}: give numbers, e.g. 40,20,10,5")
     sweep_args = [a for a in args.sweep_args if a != "--"]
     out = Path(args.out)
     for value in values:
@@ -54,7 +59,7 @@ def main(argv: list[str]) -> int:
             )
             return 1
     try:
-        table = study_table({v: out / f"{args.name}-{v}" for v in values})
+        table = study_table({v: out / f"{args.name}-{v}" for v in ordered})
     except BilateralError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -69,7 +74,7 @@ def main(argv: list[str]) -> int:
 
 def study_table(sweeps: dict[str, Path]) -> pd.DataFrame:
     """One row per (row, head, value): mean and std over seeds of the validation accuracy at the
-    run's tested checkpoint, and the points from the row's accuracy at the last value."""
+    run's tested checkpoint, and the points from the row's accuracy at the last (largest) value."""
     rows = []
     for value, folder in sweeps.items():
         records, _ = SweepStore(folder).read_records()

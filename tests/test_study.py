@@ -9,7 +9,7 @@ from tests.conftest import DATA_DIR, REPO, TINY
 
 
 def test_an_epochs_study_tabulates_every_row_per_value(tmp_path):
-    cmd = [sys.executable, str(REPO / "launch" / "study.py"), "--values", "1,2", "--out", str(tmp_path)]
+    cmd = [sys.executable, str(REPO / "launch" / "study.py"), "--values", "2,1", "--out", str(tmp_path)]
     cmd += ["--name", "e", "--", "--seeds", "0", "--models", "hemisphere-fine,unilateral", *TINY, DATA_DIR]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-3000:]
