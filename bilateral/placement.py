@@ -1,8 +1,10 @@
 """Which device, GPUs and CPUs each run gets: one decision for every backend, made before anything
 trains, from what the cluster reports (an `Offer`) and what the user asked.
 
-A cluster that has GPUs gives each run a GPU unless the user asks for something else; a cluster
-without any trains on the CPU and says so; `--device cuda` where no GPU can be had is an error.
+A cluster that has GPUs gives each run a GPU unless the user asks for something else. Without any,
+this machine (the local backend) trains on the CPU and says so, while a cluster (Ray, Slurm) needs
+--device cpu said out loud: a sweep that quietly trains on a CPU partition wastes days. A cluster whose
+autoscaler starts GPU nodes on demand reports none until asked, so explicit GPU requests stand there.
 The backends only translate: Ray reads its offer from `ray.cluster_resources()`, Slurm from
 `sinfo`, a local run from `torch.cuda.device_count()`.
 """
@@ -27,6 +29,16 @@ class Offer:
     gpus: float
     cpus: float
     source: str
+    cluster: bool = False  # runs go to other nodes: each numbers its GPUs from 0; no quiet CPU sweep
+    autoscales: bool = False  # GPUs not up yet come when asked for (a Ray autoscaler's GPU node group)
+    no_gpu_fix: str = ""  # what else to pass when it reports no GPU, besides --device cpu
+
+    def no_gpu(self, asked: str) -> ConfigError:
+        """The error for asking (`asked`) for GPUs of a cluster that reports none."""
+        also = f", or {self.no_gpu_fix}" if self.no_gpu_fix else ""
+        return ConfigError(
+            f"{asked}, but {self.source} reports no GPU: pass --device cpu to train on CPUs{also}"
+        )
 
 
 @dataclass(frozen=True)
@@ -80,6 +92,11 @@ def place(
     gpus / cpus None: not given. With DDP (workers > 1) a run on GPUs needs one whole GPU per worker.
     """
     check_device(device)
+    if offer.cluster and device.startswith("cuda:"):
+        raise ConfigError(
+            f"--device {device}: every job or trial numbers the GPUs it was given from 0, so a fixed "
+            "index fails (or shares one GPU) on a cluster: pass --device cuda and let it assign them"
+        )
     if workers < 1:
         raise ConfigError(f"--workers-per-run {workers} must be at least 1")
     if gpus is not None and gpus < 0:
@@ -97,16 +114,14 @@ def place(
         return Placement("cpu", 0.0, cpus, workers)
     if device == "auto" and gpus == 0:
         return Placement("cpu", 0.0, cpus, workers, note="--gpus-per-run 0: the runs train on the CPU")
-    if offer.gpus <= 0:
-        if device == "auto" and gpus is None:
+    if offer.gpus <= 0 and not offer.autoscales:
+        if device == "auto" and gpus is None and not offer.cluster:
             note = f"{offer.source} reports no GPU: the runs train on the CPU"
             return Placement("cpu", 0.0, cpus, workers, note=note)
+        if device == "auto" and gpus is None:  # a whole sweep on a cluster's CPUs is never a quiet default
+            raise offer.no_gpu("--device auto would train every run on the CPU")
         asked = f"--device {device}" if device != "auto" else f"--gpus-per-run {gpus:g}"
-        raise ConfigError(
-            f"{asked} asks for a GPU, but {offer.source} reports none: run where GPUs are (a GPU "
-            "partition, a Ray cluster with GPU nodes, a machine where torch.cuda.is_available()), or "
-            "pass --device cpu"
-        )
+        raise offer.no_gpu(f"{asked} asks for a GPU")
     if gpus == 0:
         raise ConfigError(f"--device {device} with --gpus-per-run 0: give the run a GPU or use --device cpu")
     gpus = float(workers) if gpus is None else float(gpus)
@@ -121,7 +136,7 @@ def place(
             f"--gpus-per-run {gpus:g} for a run of one process: it uses one GPU. For DDP over "
             f"{gpus:g} GPUs add --workers-per-run {gpus:g}"
         )
-    if gpus > offer.gpus:
+    if gpus > offer.gpus and not offer.autoscales:
         raise ConfigError(
             f"--gpus-per-run {gpus:g} is more than the {offer.gpus:g} GPU(s) {offer.source} reports"
         )

@@ -58,6 +58,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--max-failures", type=int, default=2, help="restarts of a failed run or worker group"
     )
+    parser.add_argument(
+        "--autoscale",
+        action="store_true",
+        help="the cluster's autoscaler starts GPU nodes when trials ask for them: place GPU runs though "
+        "no GPU node is up yet (--device auto then means one GPU per run)",
+    )
 
 
 def _torch_threads(placement: Placement) -> None:
@@ -66,15 +72,28 @@ def _torch_threads(placement: Placement) -> None:
     torch.set_num_threads(min(placement.threads, os.cpu_count() or 1))
 
 
-def ray_offer(resources: dict) -> Offer:
-    """What `ray.cluster_resources()` reports, as bilateral.placement reads it."""
-    return Offer(resources.get("GPU", 0.0), resources.get("CPU", 0.0), "the Ray cluster")
+def ray_offer(resources: dict, autoscale: bool = False) -> Offer:
+    """What `ray.cluster_resources()` reports (the nodes up now), as bilateral.placement reads it."""
+    fix = (
+        "where an autoscaler starts GPU nodes on demand, ask for them: --gpus-per-run 1 --autoscale"
+        if not autoscale
+        else ""
+    )
+    return Offer(
+        resources.get("GPU", 0.0),
+        resources.get("CPU", 0.0),
+        "the Ray cluster (its nodes up now)",
+        cluster=True,
+        autoscales=autoscale,
+        no_gpu_fix=fix,
+    )
 
 
 def ray_placement(args: argparse.Namespace, cfg: SweepConfig, resources: dict) -> Placement:
     """Each run's device, GPUs and CPUs (--cpus-per-run is per DDP worker on Ray)."""
     cpus = None if args.cpus_per_run is None else args.cpus_per_run * args.workers_per_run
-    return place(cfg.device, args.gpus_per_run, cpus, args.workers_per_run, ray_offer(resources), 1.0)
+    offer = ray_offer(resources, args.autoscale)
+    return place(cfg.device, args.gpus_per_run, cpus, args.workers_per_run, offer, 1.0)
 
 
 def trial_resources(placement: Placement) -> dict:

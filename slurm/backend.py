@@ -187,7 +187,8 @@ def parse_sinfo(text: str, partition: str | None) -> Offer:
             f"sinfo lists no {'partition ' + repr(partition) if partition else 'default partition'}: "
             "pass an existing one with --partition (see `sinfo -s`)"
         )
-    return Offer(gpus, cpus, f"{where} (sinfo)")
+    fix = "name a GPU partition with --partition (`sinfo -s` lists them)"
+    return Offer(gpus, cpus, f"{where} (sinfo)", cluster=True, no_gpu_fix=fix)
 
 
 def slurm_offer(partition: str | None) -> Offer:
@@ -354,13 +355,11 @@ def _ray_node_gpus(device: str, asked: int | None, offer: Offer) -> int:
     """--engine ray: GPUs of each node's Ray; one where the partition has GPUs, unless asked."""
     if device == "cpu" or asked == 0:
         return 0
+    if device.startswith("cuda:"):
+        raise ConfigError(f"--device {device}: Ray numbers each trial's GPUs from 0; pass --device cuda")
     if offer.gpus <= 0:
-        if device == "auto" and asked is None:
-            log.warning("%s reports no GPU: Ray inside the allocation runs on the CPU", offer.source)
-            return 0
-        raise ConfigError(
-            f"--device {device} asks for GPUs, but {offer.source} reports none: pass --device cpu"
-        )
+        asked_for = "--device auto would run Ray on CPUs only" if device == "auto" else f"--device {device}"
+        raise offer.no_gpu(asked_for if asked is None else f"--gpus-per-node {asked} asks for GPUs")
     return 1 if asked is None else asked
 
 

@@ -275,7 +275,7 @@ def test_ray_ddp_sweep_with_ffcv_on_real_cifar10(tmp_path, ray_cluster):
     data_dir = tmp_path / "data"  # no .beton files yet: the two DDP workers race to write them
     data_dir.mkdir()
     (data_dir / "cache").symlink_to(REPO / "data" / "cache")  # the decoded images
-    args = cifar10_sweep(tmp_path, "--cluster", "ray", "--address", ray_cluster["address"])
+    args = cifar10_sweep(tmp_path, "--cluster", "ray", "--device", "cpu", "--address", ray_cluster["address"])
     args += ["--workers-per-run", "2", "train.epochs=1", f"data_dir={data_dir}"]
     env = {**os.environ, **cluster.ENV, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, str(REPO / "launch" / "sweep.py"), *args]

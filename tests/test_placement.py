@@ -11,7 +11,7 @@ from bilateral.train import choose_precision, epoch_seed, evaluate, resolve_devi
 from tests.conftest import tiny_config
 
 GPU_NODE = Offer(gpus=8, cpus=64, source="the Ray cluster")
-CPU_ONLY = Offer(gpus=0, cpus=2, source="Slurm's default partition (sinfo)")
+CPU_ONLY = Offer(gpus=0, cpus=2, source="this machine (torch.cuda)")
 
 
 def test_a_cluster_with_gpus_gives_each_run_one():
@@ -23,17 +23,17 @@ def test_a_cluster_with_gpus_gives_each_run_one():
     assert packed.device == "cuda" and packed.memory_fraction == 0.25  # each process's share of memory
 
 
-def test_a_cluster_without_gpus_trains_on_cpu_and_says_so():
+def test_a_machine_without_gpus_trains_on_cpu_and_says_so():
     p = place("auto", None, None, 2, CPU_ONLY, 1.0)
     assert (p.device, p.gpus, p.workers) == ("cpu", 0.0, 2)
-    assert p.note == "Slurm's default partition (sinfo) reports no GPU: the runs train on the CPU"
+    assert p.note == "this machine (torch.cuda) reports no GPU: the runs train on the CPU"
     assert place("auto", 0, None, 1, GPU_NODE, 1.0).device == "cpu"  # asked for no GPU
 
 
 @pytest.mark.parametrize(
     "device, gpus, workers, offer, message",
     [
-        ("cuda", None, 1, CPU_ONLY, "--device cuda asks for a GPU, but Slurm's default partition"),
+        ("cuda", None, 1, CPU_ONLY, "--device cuda asks for a GPU, but this machine (torch.cuda)"),
         ("auto", 1, 1, CPU_ONLY, "--gpus-per-run 1 asks for a GPU"),
         ("cpu", 1, 1, GPU_NODE, "--device cpu with --gpus-per-run 1"),
         ("auto", 0.5, 2, GPU_NODE, "DDP needs one whole GPU per worker"),
@@ -46,6 +46,58 @@ def test_a_cluster_without_gpus_trains_on_cpu_and_says_so():
 def test_impossible_requests_are_clear_errors(device, gpus, workers, offer, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
         place(device, gpus, None, workers, offer, 1.0)
+
+
+def test_autoscaling_ray_cluster_with_no_gpu_node_up_yet(tmp_path):
+    """An autoscaler's GPU node groups at zero: ray.cluster_resources() shows CPUs only. --device
+    auto must not quietly train on them (and so never start a GPU node); GPUs asked for with
+    --autoscale are asked of Ray, whose autoscaler then starts the nodes."""
+    from launch.sweep import parse_args, resolve_config
+    from ray_jobs.backend import ray_placement, trial_resources
+
+    head_only = {"CPU": 8.0}
+
+    def placement(*flags):
+        args = parse_args(["--cluster", "ray", "--out", str(tmp_path), *flags])
+        return ray_placement(args, resolve_config(args), head_only)
+
+    with pytest.raises(ConfigError, match=r"--device auto would train every run on the CPU.*--device cpu"):
+        placement()
+    with pytest.raises(ConfigError, match=r"--gpus-per-run 1 asks for a GPU.*--gpus-per-run 1 --autoscale"):
+        placement("--gpus-per-run", "1")
+    for flags in (["--gpus-per-run", "1", "--autoscale"], ["--autoscale"]):
+        p = placement(*flags)
+        assert (p.device, p.gpus) == ("cuda", 1.0) and trial_resources(p) == {"CPU": 1.0, "GPU": 1.0}
+    ddp = placement("--autoscale", "--workers-per-run", "4")
+    assert trial_resources(ddp) == {"CPU": 1.0, "GPU": 1.0} and ddp.gpus == 4
+    assert placement("--device", "cpu").device == "cpu"
+
+
+def test_a_slurm_partition_without_gpus_needs_device_cpu_said():
+    """sinfo's default partition is CPU-only on many clusters: --device auto there is an error that
+    names both ways out, not a whole sweep on CPUs with one warning line."""
+    from slurm.backend import parse_sinfo
+
+    offer = parse_sinfo("cpu*|(null)|64\ngpu|gpu:a100:4|64\n", None)
+    with pytest.raises(
+        ConfigError, match=r"--device cpu to train on CPUs, or name a GPU partition with --partition"
+    ):
+        place("auto", None, None, 1, offer, 2.0)
+    assert place("cpu", None, None, 1, offer, 2.0).device == "cpu"
+    assert place("auto", None, None, 1, parse_sinfo("cpu*|(null)|64\ngpu|gpu:a100:4|64\n", "gpu"), 2.0).on_gpu
+
+
+@pytest.mark.parametrize("source", ["ray", "slurm"])
+def test_a_fixed_gpu_index_is_refused_on_a_cluster(source):
+    """Every Ray trial and Slurm job numbers its own GPUs from 0: cuda:1 would fail in every run."""
+    from ray_jobs.backend import ray_offer
+    from slurm.backend import parse_sinfo
+
+    offer = ray_offer({"CPU": 64.0, "GPU": 8.0}) if source == "ray" else parse_sinfo("gpu*|gpu:8|64", None)
+    with pytest.raises(ConfigError, match="--device cuda:1: every job or trial numbers"):
+        place("cuda:1", None, None, 1, offer, 1.0)
+    assert place("cuda", None, None, 1, offer, 1.0).device == "cuda"
+    assert place("cuda:1", None, None, 1, GPU_NODE, 1.0).device == "cuda:1"  # this machine's GPU 1
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the error for a machine without a GPU")

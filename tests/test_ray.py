@@ -41,7 +41,9 @@ def sweep(out: Path, *args: str, check: bool = True) -> subprocess.CompletedProc
 def test_ray_sweep_matches_local(tmp_path, ray_cluster):
     models = ["--models", "bilateral-specialised,ensemble-top2", "--seeds", "0"]
     sweep(tmp_path / "local", *models, "--device", "cpu")
-    sweep(tmp_path / "ray", *models, "--cluster", "ray", "--address", ray_cluster["address"])
+    sweep(
+        tmp_path / "ray", *models, "--cluster", "ray", "--device", "cpu", "--address", ray_cluster["address"]
+    )
     local = pd.read_csv(tmp_path / "local" / "summary.csv")
     remote = pd.read_csv(tmp_path / "ray" / "summary.csv")
     assert list(local.columns) == list(remote.columns) and len(local) == len(remote) == 5
@@ -115,7 +117,7 @@ def test_ray_job_submit(tmp_path, token_cluster):
     lines = [line for line in where.stdout.splitlines() if line.endswith("__init__.py")]
     assert lines and "/bilateral/data/__init__.py" in lines[0] and not lines[0].startswith(str(REPO))
     out = tmp_path / "results"
-    sweep = ["--out", str(out), "--models", "unilateral", "--seeds", "0", *TINY, DATA_DIR]
+    sweep = ["--out", str(out), "--device", "cpu", "--models", "unilateral", "--seeds", "0", *TINY, DATA_DIR]
     job_submit(info["dashboard"], env, "python", "ray_jobs/submit.py", *sweep)
     summary = pd.read_csv(out / "summary.csv")
     assert summary.loc[0, "model"] == "unilateral" and 0 < summary.loc[0, "coarse_acc_mean"] <= 1
@@ -153,7 +155,16 @@ def test_ddp_two_workers_match_one(tmp_path, ray_cluster):
     sweep(tmp_path / "one", *ddp_spec("--device", "cpu"))
     sweep(
         tmp_path / "two",
-        *ddp_spec("--cluster", "ray", "--address", ray_cluster["address"], "--workers-per-run", "2"),
+        *ddp_spec(
+            "--cluster",
+            "ray",
+            "--device",
+            "cpu",
+            "--address",
+            ray_cluster["address"],
+            "--workers-per-run",
+            "2",
+        ),
     )
     for seed in (0, 1):
         (one,) = (tmp_path / "one" / "t" / "runs").glob(f"*-s{seed}-*")
@@ -238,6 +249,8 @@ def test_killed_train_worker_resumes_from_checkpoint(tmp_path, ray_cluster):
         "data.train_subset=3000",
         "--cluster",
         "ray",
+        "--device",
+        "cpu",
         "--address",
         ray_cluster["address"],
         "--workers-per-run",
@@ -278,6 +291,8 @@ def test_killed_driver_then_rerun_skips_finished_runs(tmp_path, ray_cluster):
         "train.epochs=3",
         "--cluster",
         "ray",
+        "--device",
+        "cpu",
         "--address",
         ray_cluster["address"],
         "--cpus-per-run",
@@ -301,7 +316,9 @@ def test_killed_driver_then_rerun_skips_finished_runs(tmp_path, ray_cluster):
 def test_fused_groups_run_as_one_trial_each(tmp_path, ray_cluster):
     models = ["--models", "ensemble-top2", "--fuse", "2"]
     sweep(tmp_path / "local", *models, "--device", "cpu")
-    sweep(tmp_path / "ray", *models, "--cluster", "ray", "--address", ray_cluster["address"])
+    sweep(
+        tmp_path / "ray", *models, "--cluster", "ray", "--device", "cpu", "--address", ray_cluster["address"]
+    )
     local = pd.read_csv(tmp_path / "local" / "summary.csv")
     remote = pd.read_csv(tmp_path / "ray" / "summary.csv")
     pd.testing.assert_frame_equal(local[ACCURACY], remote[ACCURACY], atol=0.02, check_exact=False)
@@ -348,7 +365,16 @@ def test_a_cluster_with_token_auth_refuses_a_sweep_without_its_token(tmp_path):
     try:
         base = {k: v for k, v in ENV.items() if not k.startswith("RAY_AUTH")}
         (tmp_path / "home").mkdir()
-        run = ["--cluster", "ray", "--address", info["address"], "--models", "hemisphere-fine"]
+        run = [
+            "--cluster",
+            "ray",
+            "--device",
+            "cpu",
+            "--address",
+            info["address"],
+            "--models",
+            "hemisphere-fine",
+        ]
         cmd = sweep_cmd(tmp_path / "out", *run, "--seeds", "0", "train.epochs=1")
         without = {**base, "HOME": str(tmp_path / "home"), "RAY_AUTH_MODE": "disabled"}
         proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=without, timeout=300)
@@ -365,7 +391,16 @@ def test_a_cluster_with_token_auth_refuses_a_sweep_without_its_token(tmp_path):
 
 def test_the_callosal_comparison_runs_on_ray(tmp_path, ray_cluster):
     rows = ",".join(r.name for r in load_comparison("callosal").rows if r.base == "callosal")
-    args = ["--cluster", "ray", "--address", ray_cluster["address"], "--experiment", "callosal"]
+    args = [
+        "--cluster",
+        "ray",
+        "--device",
+        "cpu",
+        "--address",
+        ray_cluster["address"],
+        "--experiment",
+        "callosal",
+    ]
     args += ["--models", rows, "--seeds", "0"]
     proc = sweep(tmp_path, *args, "--data", f"cifar10-hier4:{CIFAR10_JPG}", "train.epochs=1")
     summary = pd.read_csv(tmp_path / "summary.csv").set_index("model")
@@ -375,7 +410,16 @@ def test_the_callosal_comparison_runs_on_ray(tmp_path, ray_cluster):
 
 def test_vit_hemispheres_on_navon_run_on_ray(tmp_path, ray_cluster):
     rows = ["specialised-local-vit", "unilateral-vit"]
-    args = ["--cluster", "ray", "--address", ray_cluster["address"], "--experiment", "substrate"]
+    args = [
+        "--cluster",
+        "ray",
+        "--device",
+        "cpu",
+        "--address",
+        ray_cluster["address"],
+        "--experiment",
+        "substrate",
+    ]
     proc = sweep(
         tmp_path, *args, "--models", ",".join(rows), "--data", "navon", "train.epochs=1", "--seeds", "0"
     )

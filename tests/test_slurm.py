@@ -360,12 +360,20 @@ def test_sinfo_gpus_are_read_per_partition():
         parse_sinfo(text, "nope")
 
 
-def test_default_device_on_a_cpu_only_cluster_trains_on_cpu_and_says_so(slurm_cluster, tmp_path):
-    """The front door with no device flag: this cluster has no GPU, so no job asks for one."""
+def test_default_device_on_a_cpu_only_partition_is_refused_before_submitting(slurm_cluster, tmp_path):
+    """The front door with no device flag on a partition sinfo shows without GPUs (this cluster's):
+    a whole sweep on CPUs is never a quiet default; the error names --device cpu and --partition, and
+    nothing is submitted. With --device cpu the same sweep trains on the CPU."""
     args = ["--cluster", "slurm", "--cpus-per-run", "1", "--time", "15", "--models", "hemisphere-fine"]
     proc = sweep(tmp_path, *args)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert (
+        "--device auto would train every run on the CPU, but Slurm's default partition (sinfo)" in proc.stderr
+    )
+    assert "pass --device cpu" in proc.stderr and "--partition" in proc.stderr
+    assert not (tmp_path / "t" / "slurm").exists() and not list(tmp_path.rglob("record.json"))
+    proc = sweep(tmp_path, *args, "--device", "cpu")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "Slurm's default partition (sinfo) reports no GPU: the runs train on the CPU" in proc.stderr
     records = [json.loads(p.read_text()) for p in (tmp_path / "t" / "runs").glob("*/record.json")]
     assert records and all(r["device"] == "cpu" and r["placement"]["device"] == "cpu" for r in records)
     assert all(r["placement"]["gpus"] == 0 and r["threads"] == 1 for r in records)
