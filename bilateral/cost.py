@@ -34,34 +34,19 @@ class RunCost:
 
 
 def run_cost(spec: RunSpec, num_fine: int, num_coarse: int, image_size: int) -> RunCost:
-    """The cost of a run of this spec; an ensemble infers with its top_k members and trains nothing
-    itself (its members' training is their own rows' cost)."""
-    if not spec.trains:
-        member = _member_spec(spec)
-        one = _trained_cost(member, num_fine, num_coarse, image_size)
-        return RunCost(one.params * spec.top_k, 0, one.inference_flops * spec.top_k, 0)
-    return _trained_cost(spec, num_fine, num_coarse, image_size)
-
-
-def _member_spec(spec: RunSpec) -> RunSpec:
-    from bilateral.kinds.baselines import UNILATERAL
-
-    return RunSpec(UNILATERAL.name, spec.backbone, spec.seed, spec.data, spec.model, spec.optim, spec.train)
-
-
-def _trained_cost(spec: RunSpec, num_fine: int, num_coarse: int, image_size: int) -> RunCost:
+    """The cost of a run of this spec. A kind that does not train (an ensemble) infers with its
+    members' networks (Kind.network) and trains nothing itself: its members' training is their own
+    rows' cost."""
     return _cost_of(json.dumps(spec.to_dict(), sort_keys=True), num_fine, num_coarse, image_size)
 
 
 @functools.lru_cache(maxsize=64)
 def _cost_of(spec_json: str, num_fine: int, num_coarse: int, image_size: int) -> RunCost:
-    from bilateral.assemble import build_model
-
     spec = RunSpec.from_dict(json.loads(spec_json))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        model = build_model(spec, num_fine, num_coarse).eval()
-    if not spec.kind_spec.trains_backbones(spec):
+        model = spec.kind_spec.network(spec, num_fine, num_coarse).eval()
+    if spec.trains and not spec.kind_spec.trains_backbones(spec):
         model.freeze_hemispheres()  # as the kind's prepare() does once its checkpoints are loaded
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         model(torch.zeros(1, 3, image_size, image_size))
@@ -73,6 +58,8 @@ def _cost_of(spec_json: str, num_fine: int, num_coarse: int, image_size: int) ->
         for name, part in model.named_children()
         if not any(p.requires_grad for p in part.parameters())
     )
+    if not spec.trains:
+        return RunCost(count_parameters(model), 0, int(total), 0)
     return RunCost(
         params=count_parameters(model),
         trained_params=count_parameters(model, trainable_only=True),

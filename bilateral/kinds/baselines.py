@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from bilateral.errors import ConfigError
 from bilateral.kinds.registry import Kind, register
+from bilateral.models import Ensemble as EnsembleNet
 from bilateral.models import UnilateralNet, build_backbone
 
 RESNET_BASELINES = ("resnet18", "resnet34")  # CIFAR ResNets with both heads, rows of their own
@@ -45,6 +46,10 @@ class Ensemble(Kind):
 
     def row_name(self, spec):
         return f"{self.name}-top{spec.top_k}"
+
+    def network(self, spec, num_fine, num_coarse):
+        """Its top_k members, as they infer together (mean of logits)."""
+        return EnsembleNet([UNILATERAL.build(spec, num_fine, num_coarse) for _ in range(spec.top_k)])
 
 
 UNILATERAL = register(Unilateral())

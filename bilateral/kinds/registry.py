@@ -60,6 +60,11 @@ class Kind:
         """An untrained network for a run of this kind."""
         raise ConfigError(f"{self.name} runs are not built from scratch")
 
+    def network(self, spec: RunSpec, num_fine: int, num_coarse: int) -> nn.Module:
+        """The untrained network a run of this kind infers with: what its cost is counted on
+        (bilateral.cost). A kind that does not train gives its members' networks together."""
+        return self.build(spec, num_fine, num_coarse)
+
     def prepare(self, spec: RunSpec, store: SweepStore, model: nn.Module) -> None:
         """After initialisation: load what the run depends on, freeze what must not train."""
 
