@@ -1,10 +1,13 @@
-"""The optional parts of the suite (pyproject extras): a missing one is an error that names the
-extra to install, not an ImportError from deep inside a run."""
+"""The optional parts of the suite (pyproject extras): a missing one, or one older than pyproject
+allows, is an error that names the extra to install, not an ImportError from deep inside a run."""
 
 from __future__ import annotations
 
 import importlib
+from importlib import metadata
 from types import ModuleType
+
+from packaging.requirements import Requirement
 
 from bilateral.errors import ConfigError
 
@@ -24,10 +27,24 @@ EXTRA_OF = {
 NO_DEPS = {"torchattacks": "torchattacks==3.5.1"}
 
 
+def too_old(module: str) -> str:
+    """Why the installed distribution named `module` is older than bilateral's pyproject allows ('' if
+    it is not): a lab's cluster may run an older Ray, whose client must then be the same version."""
+    try:
+        requirements = [Requirement(text) for text in metadata.requires("bilateral") or []]
+        have = metadata.version(module)
+    except metadata.PackageNotFoundError:
+        return ""
+    for req in requirements:
+        if req.name == module and req.specifier and not req.specifier.contains(have, prereleases=True):
+            return f"{module} {have} is installed, but bilateral needs {module}{req.specifier}"
+    return ""
+
+
 def require(module: str, purpose: str) -> ModuleType:
     """Import `module` (one of EXTRA_OF), or say which extra `purpose` needs."""
     try:
-        return importlib.import_module(module)
+        imported = importlib.import_module(module)
     except ImportError as exc:
         if module in NO_DEPS:
             raise ConfigError(
@@ -39,3 +56,10 @@ def require(module: str, purpose: str) -> ModuleType:
             f"{purpose} needs {module}, which cannot be imported ({exc}). Fix: pip install -e '.[{extra}]' "
             "in the repository (bash setup.sh installs every extra)"
         ) from None
+    old = too_old(module)
+    if old:
+        raise ConfigError(
+            f"{purpose}: {old}. Fix: pip install -e '.[{EXTRA_OF[module]}]' (a cluster running an older "
+            "release needs upgrading too: its nodes and this client must run the same version)"
+        )
+    return imported

@@ -72,3 +72,26 @@ def test_the_loader_benchmark_leaves_out_ffcv_and_says_why(tmp_path, core_only):
     assert "skipped: the ffcv benchmark needs ffcv" in proc.stdout
     table = proc.stdout.split("| loader")[1]
     assert "| torch" in table and "| memory" in table and "ffcv" not in table
+
+
+def test_an_extra_older_than_pyproject_allows_is_named(monkeypatch):
+    """The Ray backend uses token auth (ray.exceptions.AuthenticationError, RAY_AUTH_MODE), new in Ray
+    2.52: pyproject says so, and an older installed Ray is an error naming the floor, not an
+    ImportError once --cluster ray starts."""
+    import tomllib
+    from importlib import metadata
+
+    from packaging.requirements import Requirement
+
+    from bilateral.errors import ConfigError
+    from bilateral.extras import require
+
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
+    (ray,) = [Requirement(r) for r in pyproject["project"]["optional-dependencies"]["ray"]]
+    assert "2.52.0" in ray.specifier and "2.51.0" not in ray.specifier
+    real = metadata.version
+    monkeypatch.setattr(metadata, "version", lambda name: "2.40.0" if name == "ray" else real(name))
+    with pytest.raises(ConfigError, match=r"ray 2\.40\.0 is installed, but bilateral needs ray>=2\.52"):
+        require("ray", "--cluster ray")
+    monkeypatch.setattr(metadata, "version", real)
+    assert require("ray", "--cluster ray").__version__ in ray.specifier
