@@ -155,7 +155,7 @@ def _without_held_out(source: str, data_dir: str, verify_md5: bool, per_coarse: 
 
 def make_splits(data: HierarchicalDataset, spec: RunSpec) -> Splits:
     cfg = spec.data
-    train, val = validation_split(data.train.fine, cfg.val_size, cfg.split_seed)
+    train, val = validation_split(data.train.fine, cfg.val_size, cfg.split_seed, data.val_pool)
     if cfg.train_subset:
         train = train[stratified_subset(data.train.fine[train], cfg.train_subset, cfg.split_seed)]
     test = np.arange(len(data.test))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import pickle
 import tarfile
@@ -26,6 +28,7 @@ from bilateral.data import (
     stratified_subset,
     validation_split,
 )
+from bilateral.data.holdout import split_held_out
 from bilateral.errors import ConfigError, DataError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -284,6 +287,37 @@ def test_validation_split_is_disjoint_stratified_and_seeded():
     assert len(all_train) == 1000 and len(empty) == 0
     with pytest.raises(ConfigError, match="val_size"):
         validation_split(fine, 1000, seed=1)
+
+
+def test_a_declared_pool_gives_the_validation_images_and_none_of_them_trains():
+    fine = np.tile(np.arange(5), 40)
+    pool = np.arange(200) >= 150
+    train, val = validation_split(fine, 20, seed=1, pool=pool)
+    assert np.array_equal(train, np.arange(150))
+    assert len(val) == 20 and val.min() >= 150 and np.bincount(fine[val]).tolist() == [4] * 5
+    assert not np.array_equal(validation_split(fine, 20, seed=2, pool=pool)[1], val)
+    assert np.array_equal(validation_split(fine, 50, seed=1, pool=pool)[1], np.arange(150, 200))
+    with pytest.raises(ConfigError, match="more than the 50 images the data reserves.*at most 50"):
+        validation_split(fine, 51, seed=1, pool=pool)
+
+
+def test_data_without_a_pool_keeps_its_fingerprint_and_validation_split():
+    data = load_dataset("synthetic")  # pinned values of before val_pool existed: run data unchanged
+    assert data.val_pool is None and data.fingerprint() == "39f3900eb59e0e1c"
+    _, val = validation_split(data.train.fine, 1000, seed=0)
+    assert hashlib.sha256(val.tobytes()).hexdigest()[:16] == "01d3dfbb335a2a11"
+
+
+def test_holding_classes_out_keeps_the_declared_pool_on_its_images():
+    source = load_dataset("synthetic")
+    source = dataclasses.replace(source, val_pool=source.train.images[:, 0, 0, 0] % 3 == 0)
+    kept, held = split_held_out(source, 1, seed=0)
+    for part in (kept, held):
+        part.validate()
+        reserved = {img.tobytes() for img in source.train.images[source.val_pool]}
+        assert [img.tobytes() in reserved for img in part.train.images] == part.val_pool.tolist()
+    with pytest.raises(DataError, match="val_pool has dtype bool and shape \\(5,\\)"):
+        dataclasses.replace(source, val_pool=np.ones(5, dtype=bool)).validate()
 
 
 def test_stratified_subset():

@@ -12,25 +12,40 @@ from bilateral.data.sources import class_counts
 from bilateral.errors import ConfigError
 from bilateral.experiment import build_plan
 from bilateral.store import SweepStore
-from bilateral.train import run
+from bilateral.train import make_splits, run
 from tests.conftest import tiny_config
 
 
 @pytest.fixture(scope="module")
 def navon32():
-    return navon_with_sources(32, seed=0, num_train=2000, num_test=600)
+    return navon_with_sources(32, seed=0, num_train=2000, num_val=500, num_test=600)
 
 
 def test_glyphs_are_real_scans_split_disjointly_by_the_seed(navon32):
     scans, labels = digit_scans()
     assert scans.shape == (1797, 8, 8) and sorted(np.unique(labels)) == list(range(10))
-    train_pool, test_pool = glyph_pools(labels, seed=0)
-    assert not set(train_pool) & set(test_pool) and len(train_pool) + len(test_pool) == 1797
-    _, sources = navon32
-    for split, pool in (("train", train_pool), ("test", test_pool)):
-        small, large = sources[split]
-        assert set(small) <= set(pool) and set(large) <= set(pool)
-    assert not np.array_equal(glyph_pools(labels, seed=1)[1], test_pool)
+    pools = glyph_pools(labels, seed=0)
+    assert [len(p) for p in pools] == [989, 269, 539] and len(np.unique(np.concatenate(pools))) == 1797
+    data, sources = navon32
+    train_pool, val_pool, test_pool = (set(p) for p in pools)
+    small, large = sources["train"]
+    for images, pool in ((~data.val_pool, train_pool), (data.val_pool, val_pool)):
+        assert set(small[images]) <= pool and set(large[images]) <= pool
+    assert set(sources["test"][0]) <= test_pool and set(sources["test"][1]) <= test_pool
+    assert not np.array_equal(glyph_pools(labels, seed=1)[2], pools[2])
+
+
+def test_no_scan_is_in_both_the_training_and_the_validation_images(navon32):
+    data, sources = navon32
+    assert len(data.train) == 2500 and data.val_pool.sum() == 500
+    spec = build_plan(tiny_config("data.source=navon", "plan.models=[unilateral]")).runs[0]
+    splits = make_splits(data, spec)  # data.val_size=200, data.train_subset=1000
+    assert (len(splits.train), len(splits.val)) == (1000, 200)
+    scans = [np.union1d(*(s[part] for s in sources["train"])) for part in (splits.train, splits.val)]
+    assert np.intersect1d(*scans).size == 0 and min(len(s) for s in scans) > 100
+    assert np.bincount(data.train.fine[splits.val]).tolist() == [20] * 10
+    with pytest.raises(ConfigError, match="at most 500"):
+        make_splits(data, build_plan(tiny_config("data.source=navon", "data.val_size=501")).runs[0])
 
 
 def test_every_image_is_its_large_digit_made_of_its_small_digit(navon32):
@@ -63,13 +78,15 @@ def test_labels_are_balanced_and_independent(navon32):
 
 
 def test_deterministic_per_seed_and_any_size():
-    a, _ = navon_with_sources(32, seed=3, num_train=200, num_test=100)
-    b, _ = navon_with_sources(32, seed=3, num_train=200, num_test=100)
-    c, _ = navon_with_sources(32, seed=4, num_train=200, num_test=100)
+    a, _ = navon_with_sources(32, seed=3, num_train=200, num_val=100, num_test=100)
+    b, _ = navon_with_sources(32, seed=3, num_train=200, num_val=100, num_test=100)
+    c, _ = navon_with_sources(32, seed=4, num_train=200, num_val=100, num_test=100)
     assert a.fingerprint() == b.fingerprint() != c.fingerprint()
-    big, _ = navon_with_sources(64, seed=3, num_train=200, num_test=100)
-    assert big.train.images.shape == (200, 64, 64, 3) and big.image_size == 64
-    assert np.array_equal(big.train.fine, a.train.fine)  # the same labels at every size
+    big, _ = navon_with_sources(64, seed=3, num_train=200, num_val=100, num_test=100)
+    assert big.train.images.shape == (300, 64, 64, 3) and big.image_size == 64
+    for split in ("train", "test"):  # the same labels at every size
+        for level in ("fine", "coarse"):
+            assert np.array_equal(getattr(getattr(big, split), level), getattr(getattr(a, split), level))
     with pytest.raises(ConfigError, match="navon image size 8 is out of range"):
         load_dataset("navon:8")
 
@@ -77,7 +94,7 @@ def test_deterministic_per_seed_and_any_size():
 def test_training_crops_without_mirroring_and_other_loaders_refuse():
     x = torch.arange(2 * 3 * 32 * 32, dtype=torch.float32).reshape(2, 3, 32, 32)
     assert torch.equal(augment_batch(x, torch.Generator().manual_seed(0), padding=0, flip=False), x)
-    data, _ = navon_with_sources(32, num_train=200, num_test=100)
+    data, _ = navon_with_sources(32, num_train=200, num_val=100, num_test=100)
     opts = LoaderOptions(50, "cpu", (0.5,) * 3, (0.25,) * 3, train=True, flip=False)
     with pytest.raises(ConfigError, match="data.loader=torch crops and flips 32x32 images.*memory"):
         make_loader("torch", data.train, None, opts)

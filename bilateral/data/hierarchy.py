@@ -34,7 +34,10 @@ class HierarchicalSplit:
 @dataclass(eq=False)
 class HierarchicalDataset:
     """A train and a test split plus the class names and the fine -> coarse map they share (None: the
-    labels are independent). flip_invariant: a horizontal flip keeps both labels (False for glyphs)."""
+    labels are independent). flip_invariant: a horizontal flip keeps both labels (False for glyphs).
+    val_pool: bool per train image, True for those reserved for validation because they are drawn
+    from other sources than the rest (navon: other glyph scans), so validation measures unseen
+    sources; None lets the validation split draw from every train image (bilateral.data.split)."""
 
     name: str
     train: HierarchicalSplit
@@ -43,6 +46,7 @@ class HierarchicalDataset:
     coarse_names: list[str]
     fine_to_coarse: np.ndarray | None  # int64 (num_fine,): coarse index of each fine class
     flip_invariant: bool = True
+    val_pool: np.ndarray | None = None
     _fingerprint: str | None = field(default=None, init=False, repr=False)
     _mean_std: Stats | None = field(default=None, init=False, repr=False)
 
@@ -81,6 +85,12 @@ class HierarchicalDataset:
             )
         for split_name, split in (("train", self.train), ("test", self.test)):
             self._validate_split(split_name, split)
+        pool = self.val_pool
+        if pool is not None and (pool.dtype != np.bool_ or pool.shape != (len(self.train),) or pool.all()):
+            raise DataError(
+                f"{self.name}: val_pool has dtype {pool.dtype} and shape {pool.shape}, expected bool "
+                f"({len(self.train)},), one per train image, with some left to train on. Fix: rebuild it."
+            )
 
     def _validate_split(self, split_name: str, split: HierarchicalSplit) -> None:
         where = f"{self.name} {split_name}"
@@ -132,6 +142,8 @@ class HierarchicalDataset:
                 for array in (split.images, split.fine, split.coarse):
                     h.update(str(array.shape).encode())
                     h.update(np.ascontiguousarray(array).tobytes())
+            if self.val_pool is not None:  # none declared: nothing, as before
+                h.update(b"val_pool" + np.packbits(self.val_pool).tobytes())
             self._fingerprint = h.hexdigest()[:16]
         return self._fingerprint
 

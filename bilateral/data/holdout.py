@@ -56,6 +56,7 @@ def _select(data: HierarchicalDataset, classes: np.ndarray, suffix: str) -> Hier
         coarse_names=list(data.coarse_names),
         fine_to_coarse=data.fine_to_coarse[classes],
         flip_invariant=data.flip_invariant,
+        val_pool=None if data.val_pool is None else data.val_pool[np.isin(data.train.fine, classes)],
     )
     out.validate()
     return out

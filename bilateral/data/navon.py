@@ -2,10 +2,14 @@
 of a small digit (the local label), so which features are local and which global is known.
 
 The glyphs are scikit-learn's bundled digits (1,797 real 8x8 scans of handwriting, 10 classes).
-Each digit class's scans are split once, by the seed, into train and test pools, so no scan is seen
-in both. An image lays the large digit, resampled to a GRID x GRID mask, over a grid of cells; every
-cell under the mask holds the same small digit, resampled to the cell's size. Background and ink
-colours vary per image, and pixel noise is added.
+Each digit class's scans are split once, by the seed, into train, validation and test pools, so no
+scan is seen in two of them. The train split holds the training images and, after them, the
+validation images (drawn from the validation scans), which it declares as its val_pool: checkpoints
+and probes are then chosen on glyphs the nets never trained on, as the test images are.
+
+An image lays the large digit, resampled to a GRID x GRID mask, over a grid of cells; every cell
+under the mask holds the same small digit, resampled to the cell's size. Background and ink colours
+vary per image, and pixel noise is added.
 
 Labels: fine = the small (local) digit, coarse = the large (global) digit. Every (local, global)
 pair occurs equally often, so both labels are balanced and independent: there is no fine -> coarse
@@ -26,6 +30,8 @@ GRID = 6  # cells per side of the large shape
 SIZES = (32, 64)  # the image sides the suite tests; any side from 24 to 256 works
 CLASSES = 10
 TEST_FRACTION = 0.3  # of each digit class's scans, held out for the test images
+VAL_FRACTION = 0.15  # of each digit class's scans, held out for the validation images
+NUM_VAL = 5000  # validation images: as many as any preset's data.val_size asks for
 MASK_THRESHOLD = 0.35  # of the large glyph's peak ink: a cell holds a small glyph above it
 NOISE = 0.06
 
@@ -38,16 +44,19 @@ def digit_scans() -> tuple[np.ndarray, np.ndarray]:
     return (digits.images / 16.0).astype(np.float32), digits.target.astype(np.int64)
 
 
-def glyph_pools(labels: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Indices of the train and test scans: each class split TEST_FRACTION / rest, disjoint."""
+def glyph_pools(labels: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Indices of the train, validation and test scans: each class split disjointly, TEST_FRACTION
+    and VAL_FRACTION of it held out."""
     rng = np.random.default_rng(seed)
-    train, test = [], []
+    train, val, test = [], [], []
     for c in range(CLASSES):
         idx = rng.permutation(np.flatnonzero(labels == c))
-        cut = round(len(idx) * TEST_FRACTION)
-        test.append(idx[:cut])
-        train.append(idx[cut:])
-    return np.sort(np.concatenate(train)), np.sort(np.concatenate(test))
+        test_cut = round(len(idx) * TEST_FRACTION)
+        val_cut = test_cut + round(len(idx) * VAL_FRACTION)
+        test.append(idx[:test_cut])
+        val.append(idx[test_cut:val_cut])
+        train.append(idx[val_cut:])
+    return np.sort(np.concatenate(train)), np.sort(np.concatenate(val)), np.sort(np.concatenate(test))
 
 
 def check_size(size: int) -> None:
@@ -65,35 +74,43 @@ Sources = dict[str, tuple[np.ndarray, np.ndarray]]  # split -> (small scan, larg
 
 
 def make_navon(
-    size: int = 32, seed: int = 0, num_train: int = 10_000, num_test: int = 2_000
+    size: int = 32, seed: int = 0, num_train: int = 10_000, num_val: int = NUM_VAL, num_test: int = 2_000
 ) -> HierarchicalDataset:
-    """The same arguments give the same arrays (about a second for the default sizes)."""
-    return navon_with_sources(size, seed, num_train, num_test)[0]
+    """The same arguments give the same arrays (about two seconds for the default sizes)."""
+    return navon_with_sources(size, seed, num_train, num_val, num_test)[0]
 
 
 def navon_with_sources(
-    size: int = 32, seed: int = 0, num_train: int = 10_000, num_test: int = 2_000
+    size: int = 32, seed: int = 0, num_train: int = 10_000, num_val: int = NUM_VAL, num_test: int = 2_000
 ) -> tuple[HierarchicalDataset, Sources]:
-    """make_navon, and which scans (indices into digit_scans()) each image was drawn from."""
+    """make_navon, and which scans (indices into digit_scans()) each image of each split was drawn
+    from. The train split is num_train training images, then num_val validation images (val_pool)."""
     check_size(size)
     scans, labels = digit_scans()
-    pools = glyph_pools(labels, seed)
-    rng = np.random.default_rng(seed + 1)
+    streams = np.random.SeedSequence(seed + 1).spawn(3)  # one per split: labels the same at every size
     made = [
-        _make_split(rng, scans, labels, pool, n, size)
-        for pool, n in zip(pools, (num_train, num_test), strict=True)
+        _make_split(np.random.default_rng(stream), scans, labels, pool, n, size)
+        for stream, pool, n in zip(
+            streams, glyph_pools(labels, seed), (num_train, num_val, num_test), strict=True
+        )
     ]
-    splits = [split for split, _ in made]
+    (train, train_src), (val, val_src), (test, test_src) = made
     dataset = HierarchicalDataset(
         name=f"navon{size}",
-        train=splits[0],
-        test=splits[1],
+        train=HierarchicalSplit(
+            images=np.concatenate([train.images, val.images]),
+            fine=np.concatenate([train.fine, val.fine]),
+            coarse=np.concatenate([train.coarse, val.coarse]),
+        ),
+        test=test,
         fine_names=[f"local-{d}" for d in range(CLASSES)],
         coarse_names=[f"global-{d}" for d in range(CLASSES)],
         fine_to_coarse=None,
         flip_invariant=False,
+        val_pool=np.arange(num_train + num_val) >= num_train,
     )
-    return dataset, {"train": made[0][1], "test": made[1][1]}
+    small, large = (np.concatenate(pair) for pair in zip(train_src, val_src, strict=True))
+    return dataset, {"train": (small, large), "test": test_src}
 
 
 def resample(glyphs: np.ndarray, side: int) -> np.ndarray:
