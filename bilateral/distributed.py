@@ -9,6 +9,9 @@ watchers also beat a counter in the store: a peer whose counter stands still for
 seconds is taken for dead, recorded, and the others end. On Slurm and Ray a DDP run is a job or
 worker group of its own, so ending the processes ends exactly that run.
 
+No rank leaves a finished run before every rank has finished it and stopped watching: rank 0 hosts
+the store, so its early exit would look like a failure to a slower peer.
+
 Resuming, only rank 0 reads checkpoints and broadcasts them: a rank that sees an older file on
 shared storage cannot start from another epoch than the others.
 """
@@ -35,6 +38,7 @@ PEER_SILENCE_S = 30.0  # a peer's heartbeat still for this long: the peer is dea
 BEAT_S = 2.0  # heartbeat period: world - 1 store reads per rank each time, so not every poll
 POLL_S = 0.5  # how often each rank's watcher looks for a peer's failure
 ECHO_WAIT_S = 5.0  # how long an echoing rank waits for the first failure's text, to print it
+LEAVE_WAIT_S = 60.0  # how long rank 0 waits, after all ranks finished, for their watchers to stop
 
 
 class RankFailed(BilateralError):
@@ -117,6 +121,9 @@ def fail_together(name: str, record: Callable[[str], None], poll_s: float | None
     try:
         yield
         store.set(f"{finished}{rank}", "1")  # its heartbeat stops now: not a failure
+        # Nobody leaves while a peer is still inside: rank 0's exit takes the store with it, and the
+        # peer would take that for a failure of a finished run. The watcher still looks for deaths.
+        store.wait([f"{finished}{r}" for r in range(world)])
     except Exception as exc:
         done.set()  # this rank's own watcher must not end it once its failure is published
         text = f"rank {rank} of {world} failed: {describe_failure(exc)}"
@@ -133,6 +140,19 @@ def fail_together(name: str, record: Callable[[str], None], poll_s: float | None
     finally:
         done.set()
         watcher.join()
+    _leave(store, f"bilateral/{name}/left/", rank, world)
+
+
+def _leave(store, left: str, rank: int, world: int) -> None:
+    """Rank 0, which hosts the store, waits until every peer's watcher has stopped using it; the
+    others say so. A failure here comes after the run finished on every rank, so it is only logged."""
+    try:
+        if rank == 0:
+            store.wait([f"{left}{r}" for r in range(1, world)], timedelta(seconds=LEAVE_WAIT_S))
+        else:
+            store.set(f"{left}{rank}", "1")
+    except Exception as exc:  # rank 0: a peer ended right after finishing; a peer: rank 0 already left
+        log.warning("rank %d/%d: leaving the finished run's process group: %s", rank, world, exc)
 
 
 def _end_as_echo(store, key: str, rank: int, world: int, own: str) -> None:

@@ -193,3 +193,35 @@ def test_a_resume_draws_the_same_masks_from_rank_0s_checkpoint(runs):
     full = SweepStore(runs / "full").run(run_id).load_checkpoint("last")["model"]
     resumed = SweepStore(runs / "resumed").run(run_id).load_checkpoint("last")["model"]
     assert all(torch.equal(full[k], resumed[k]) for k in full)
+
+
+def finishing_worker(rank: int, port: int, errors: str) -> None:
+    """One rank of a run whose ranks finish apart: rank 1 is still busy (say, evaluating the test
+    split on a slower GPU) after rank 0 has written the record; rank 0 then tears its process group
+    down and exits as slurm/task.py does, taking the store (which lives in rank 0) with it."""
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+
+    def record(text: str) -> None:
+        with open(errors, "a") as f:
+            f.write(f"rank {rank} recorded: {text}\n")
+
+    with distributed.fail_together("slow-finish", record):
+        if rank == 1:
+            time.sleep(3)
+    dist.destroy_process_group()
+
+
+def test_ranks_that_finish_apart_both_succeed(tmp_path):
+    """No rank may leave fail_together while a peer is still in it: rank 0's exit would take the store
+    away and the peer would report a finished run as failed (exit 75, error.txt, afterok dependents
+    cancelled)."""
+    ctx = multiprocessing.get_context("spawn")
+    port, errors = free_port(), tmp_path / "errors.txt"
+    procs = [ctx.Process(target=finishing_worker, args=(r, port, str(errors))) for r in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    codes = [p.exitcode for p in procs]
+    assert codes == [0, 0], codes
+    assert not errors.exists(), errors.read_text()
