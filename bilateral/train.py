@@ -57,6 +57,7 @@ from bilateral.models.fused import (
 from bilateral.models.profile import profile_backbone
 from bilateral.placement import Placement, check_device
 from bilateral.progress import bar as progress_bar
+from bilateral.runtime import tf32_state
 from bilateral.store import RunStore, SweepStore
 from bilateral.tracking import RunTracker, trackers_of
 
@@ -270,6 +271,7 @@ def _run_unfinished(specs, store, device, data_dir, on_epoch, placement) -> list
         "threads": torch.get_num_threads(),
         "precision": precision,
         "precision_note": why,
+        "tf32": tf32_state(dev),  # fp32 convolutions in TF32 on Ampere and newer (bilateral/runtime.py)
         "tracking": trackers_of(spec),  # tensorboard (or why not), mlflow, wandb
         "placement": placement.to_dict() if placement is not None else None,
     }

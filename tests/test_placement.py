@@ -122,6 +122,28 @@ def test_bf16_only_where_the_device_has_it(monkeypatch):
     assert precision == "fp32" and "Tesla V100-SXM2-16GB (compute capability 7.0) has no bf16" in why
 
 
+def test_records_say_when_fp32_convolutions_run_in_tf32(monkeypatch):
+    """PyTorch's default lets cuDNN run fp32 convolutions in TF32 on Ampere and newer: the paper and
+    authors presets (bf16 off) would say fp32 while computing in TF32. The record says which."""
+    from bilateral.runtime import tf32_state
+
+    assert tf32_state(torch.device("cpu")) is None
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda dev=None: (9, 0))  # an H100
+    matmul = torch.backends.cuda.matmul.allow_tf32
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = False
+        with torch.backends.cudnn.flags(allow_tf32=True):
+            assert tf32_state(torch.device("cuda", 0)) == {"conv": True, "matmul": False}
+        with torch.backends.cudnn.flags(allow_tf32=False):
+            assert tf32_state(torch.device("cuda", 0)) == {"conv": False, "matmul": False}
+        torch.backends.cuda.matmul.allow_tf32 = True
+        assert tf32_state(torch.device("cuda", 0))["matmul"] is True
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda dev=None: (7, 0))  # a V100
+        assert tf32_state(torch.device("cuda", 0)) == {"conv": False, "matmul": False}
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = matmul
+
+
 def test_dropout_seeds_differ_per_rank_and_repeat_per_epoch():
     seeds = {(rank, epoch): epoch_seed(7, rank, epoch) for rank in range(2) for epoch in range(3)}
     assert len(set(seeds.values())) == 6 and epoch_seed(7, 1, 2) == seeds[(1, 2)]

@@ -31,6 +31,7 @@ def test_run_writes_record_checkpoints_and_predictions(tmp_path, tiny_plan):
         preds["correct_coarse"], preds["logits_coarse"].argmax(1) == preds["label_coarse"]
     )
     assert record["params"] > 0 and record["train_images_per_s"] > 0 and record["device"] == "cpu"
+    assert record["precision"] in ("fp32", "bf16") and record["tf32"] is None  # a CPU has no TF32
     # a finished run is returned, not retrained
     mtime = run_dir.path("record.json").stat().st_mtime_ns
     assert (
