@@ -216,9 +216,11 @@ def run_group(
     masks of all members (same distribution, other masks than apart). on_epoch gets one row per
     epoch: the run's own, or for K > 1 the members' mean loss and score and their summed images/s.
     """
-    finished = {
-        s.run_id: store.run(s.run_id).read_record() for s in specs if store.run(s.run_id).is_finished()
-    }
+    finished = from_rank0(  # one decision for every DDP rank: shared storage may show ranks different files
+        lambda: {
+            s.run_id: store.run(s.run_id).read_record() for s in specs if store.run(s.run_id).is_finished()
+        }
+    )
     todo = [s for s in specs if s.run_id not in finished]
     if todo:
 

@@ -63,6 +63,9 @@ def worker(rank: int, port: int, root: str, scenario: str, out: str) -> None:
                 shutil.copy(self.path("checkpoints/last.pt"), self.path("checkpoints/stale.pt"))
 
         RunStore.save_checkpoint = save_and_keep
+    if scenario == "lagging" and rank == 1:  # its cached view of shared storage shows a record already
+        RunStore.is_finished = lambda self: True
+        RunStore.read_record = lambda self: {"run_id": spec().run_id, "cached": True}
     if scenario == "stale" and rank == 1:  # this rank's view of shared storage lags one epoch behind
         load = RunStore.load_checkpoint
         RunStore.load_checkpoint = lambda self, name, mmap=False: load(
@@ -209,6 +212,15 @@ def finishing_worker(rank: int, port: int, errors: str) -> None:
         if rank == 1:
             time.sleep(3)
     dist.destroy_process_group()
+
+
+def test_rank_0_alone_decides_whether_a_run_is_finished(tmp_path):
+    """Rank 1 sees a record.json that rank 0 does not (NFS attribute caching): today's rank 1 would
+    skip the run that rank 0 enters and leave it waiting in a collective. Rank 0 decides for both."""
+    assert launch(tmp_path, tmp_path / "sweep", "lagging") == [0, 0]
+    record = json.loads((tmp_path / "sweep" / "runs" / spec().run_id / "record.json").read_text())
+    assert record["workers"] == 2 and "cached" not in record
+    assert masks(tmp_path, "lagging", 1)  # rank 1 trained: it recorded each epoch's dropout masks
 
 
 def test_ranks_that_finish_apart_both_succeed(tmp_path):
