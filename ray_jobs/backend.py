@@ -104,6 +104,16 @@ def trial_resources(placement: Placement) -> dict:
     return resources
 
 
+def ddp_concurrency(cluster: dict, placement: Placement) -> int:
+    """How many DDP runs fit the cluster at once (each a driving trial plus its workers), by every
+    resource they ask for: a TorchTrainer whose workers cannot all be placed times out and retries
+    forever. At least 1: an autoscaling cluster may have none of the GPUs yet."""
+    fits = [cluster.get("CPU", 0.0) / (placement.cpus + DRIVER_CPU)]
+    if placement.gpus:
+        fits.append(cluster.get("GPU", 0.0) / placement.gpus)
+    return max(1, math.floor(min(fits)))
+
+
 def hide_gpus_unless_given(placement: Placement) -> None:
     """Ray leaves CUDA_VISIBLE_DEVICES alone for a task without GPUs: a CPU run must not see them."""
     if not placement.on_gpu:
@@ -197,11 +207,11 @@ class TuneExecutor:
         args: argparse.Namespace,
         cfg: SweepConfig,
         store: SweepStore,
-        cluster_cpus: float,
+        cluster: dict,
         placement: Placement,
     ):
         self.args, self.cfg, self.store = args, cfg, store
-        self.cluster_cpus, self.placement = cluster_cpus, placement
+        self.cluster, self.placement = cluster, placement
         self.stage = 0
 
     def __call__(self, specs: list[RunSpec]) -> dict[str, str]:
@@ -227,7 +237,7 @@ class TuneExecutor:
             concurrent = None
         else:  # the trial only drives its TorchTrainer; the workers hold the resources
             resources = {"CPU": DRIVER_CPU}
-            concurrent = max(1, math.floor(self.cluster_cpus / (placement.cpus + DRIVER_CPU)))
+            concurrent = ddp_concurrency(self.cluster, placement)
         tuner = tune.Tuner(
             tune.with_resources(tune.with_parameters(_run_trial, settings=settings), resources),
             param_space={"group": tune.grid_search(list(groups))},
@@ -314,7 +324,7 @@ def run(args: argparse.Namespace, cfg: SweepConfig, plan: Plan, store: SweepStor
         )
         if placement.note:
             log.warning("%s", placement.note)
-        executor = TuneExecutor(args, cfg, store, resources.get("CPU", 0.0), placement)
+        executor = TuneExecutor(args, cfg, store, resources, placement)
         return run_sweep(plan, store, executor)
     finally:
         if started_here:

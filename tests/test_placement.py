@@ -73,6 +73,16 @@ def test_autoscaling_ray_cluster_with_no_gpu_node_up_yet(tmp_path):
     assert placement("--device", "cpu").device == "cpu"
 
 
+def test_ray_ddp_runs_at_once_are_capped_by_gpus_too():
+    """64 CPUs and 8 GPUs, DDP runs of 2 workers: 4 fit, not the 31 that counting CPUs gives."""
+    from ray_jobs.backend import ddp_concurrency
+
+    node = {"CPU": 64.0, "GPU": 8.0}
+    assert ddp_concurrency(node, place("auto", None, None, 2, GPU_NODE, 1.0)) == 4
+    assert ddp_concurrency(node, place("cpu", None, None, 2, GPU_NODE, 1.0)) == 31  # CPU-only DDP
+    assert ddp_concurrency({"CPU": 8.0}, place("auto", None, None, 2, GPU_NODE, 1.0)) == 1  # none up yet
+
+
 def test_a_slurm_partition_without_gpus_needs_device_cpu_said():
     """sinfo's default partition is CPU-only on many clusters: --device auto there is an error that
     names both ways out, not a whole sweep on CPUs with one warning line."""
