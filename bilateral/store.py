@@ -85,6 +85,12 @@ class RunStore:
     def write_error(self, text: str) -> None:
         write_atomic(self.path("error.txt"), text.encode())
 
+    def retire_error(self) -> None:
+        """Before a run is submitted again: its error.txt becomes error.previous.txt, so an error.txt
+        found afterwards is this attempt's (a file's time on shared storage is another machine's clock)."""
+        if self.path("error.txt").is_file():
+            self.path("error.txt").replace(self.path("error.previous.txt"))
+
     def write_metrics(self, rows: list[dict]) -> None:
         """The whole per-epoch log, rewritten each epoch (it is small) so a resume can truncate it."""
         write_atomic(self.path("metrics.jsonl"), "".join(json.dumps(r) + "\n" for r in rows).encode())

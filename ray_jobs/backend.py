@@ -13,7 +13,6 @@ import argparse
 import logging
 import math
 import os
-import time
 from pathlib import Path
 
 from bilateral.config import SweepConfig
@@ -254,7 +253,8 @@ class TuneExecutor:
                 callbacks=[CSVLoggerCallback(), JsonLoggerCallback()],  # what Tune's own analysis reads
             ),
         )
-        started = time.time()
+        for spec in specs:
+            self.store.run(spec.run_id).retire_error()  # an error.txt after fit() is then this stage's
         # no TensorBoard events of Tune's own: every run writes its own (bilateral/tracking.py), and
         # a second copy under results/<sweep>/ray would show each run twice in `tensorboard --logdir`
         os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
@@ -265,15 +265,15 @@ class TuneExecutor:
                 run_store = self.store.run(spec.run_id)
                 if result.error is None and run_store.is_finished():
                     continue
-                failed[spec.run_id] = _failure_text(run_store, result.error, since=started)
+                failed[spec.run_id] = _failure_text(run_store, result.error)
         return failed
 
 
-def _failure_text(run_store: RunStore, error: BaseException | None, since: float) -> str:
-    """The run's own error.txt when this stage wrote it (a rank's traceback says more than Ray's
-    summary of it); otherwise Ray's error, kept as the run's error.txt."""
+def _failure_text(run_store: RunStore, error: BaseException | None) -> str:
+    """The run's own error.txt, which only this stage can have written (retired at its start; a
+    rank's traceback says more than Ray's summary of it); otherwise Ray's error, kept as error.txt."""
     error_file = run_store.path("error.txt")
-    if error_file.is_file() and error_file.stat().st_mtime >= since - 1:
+    if error_file.is_file():
         own = error_file.read_text()
         return own if error is None else f"{own}\n(Ray: {type(error).__name__})\n"
     text = (

@@ -472,6 +472,8 @@ class SlurmStages:
         from submitit.core.utils import FailedSubmissionError
 
         chunks = self.chunks(specs)
+        for spec in specs:
+            self.store.run(spec.run_id).retire_error()  # an error.txt after the job is then the job's
         try:
             ids = [[s.run_id for s in chunk] for chunk in chunks]
             jobs = self.executor(**extra).map_array(self.task, chunks, ids)
@@ -618,15 +620,13 @@ class SlurmStages:
         except Exception as exc:  # the runs' own tracebacks are in their error.txt
             job_error = str(exc)
         state = job.watcher.get_state(job.job_id, mode="cache")
-        entry = self.ledger.job_of(chunk[0].run_id) or {}
-        submitted = entry.get("submitted", 0.0) if entry.get("job") == job.job_id else 0.0
         errors = {}
         for spec in chunk:
             run = self.store.run(spec.run_id)
             if run.is_finished():
                 continue
             error_file = run.path("error.txt")
-            if error_file.is_file() and error_file.stat().st_mtime >= submitted - 1:
+            if error_file.is_file():  # retired at submission: this job's (no clocks compared)
                 text = error_file.read_text()
             elif spec.run_id in reported:
                 text = reported[spec.run_id]

@@ -427,3 +427,26 @@ def test_vit_hemispheres_on_navon_run_on_ray(tmp_path, ray_cluster):
     assert set(rows) <= set(summary["model"]), proc.stderr[-2000:]
     trained = set(zip(summary["model"], summary["backbone"], summary["seeds"], strict=True))
     assert {("hemisphere-coarse", "vit-small", 1), ("unilateral-vit", "vit-small", 1)} <= trained
+
+
+def test_a_runs_own_traceback_is_kept_whatever_the_storage_clock_says(tmp_path):
+    """error.txt on shared storage carries the file server's clock: written 5 s 'before' the stage
+    started by the driver's clock, a rank's traceback was replaced by Ray's summary. An error.txt is
+    now this stage's because the stage retired the earlier one when it began, not by its time."""
+    from bilateral.store import SweepStore
+    from ray_jobs.backend import _failure_text
+
+    run = SweepStore(tmp_path).run("unilateral-resnet9-s0-00000000")
+    run.path("error.txt").parent.mkdir(parents=True)
+    run.write_error("an earlier attempt's error")
+    run.retire_error()  # what a stage does to its runs before Tune starts them
+    assert not run.path("error.txt").exists()
+    assert run.path("error.previous.txt").read_text() == "an earlier attempt's error"
+    started = time.time()
+    run.write_error("Traceback ...\nRuntimeError: CUDA error: an illegal memory access was encountered")
+    os.utime(run.path("error.txt"), (started - 5, started - 5))  # the file server's clock is behind
+    text = _failure_text(run, RuntimeError("Ray: the actor died"))
+    assert "illegal memory access" in text and "(Ray: RuntimeError)" in text
+    assert "illegal memory access" in run.path("error.txt").read_text()
+    run.retire_error()
+    assert _failure_text(run, None) == "the Ray trial ended without finishing this run and reported no error"
