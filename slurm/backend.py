@@ -325,6 +325,9 @@ class SlurmOptions:
         from slurm.task import repo_root
 
         setup = [f"export PYTHONPATH={repo_root()}${{PYTHONPATH:+:$PYTHONPATH}}"]
+        # submitit's srun line has no --cpus-per-task, and srun of Slurm 22.05+ no longer inherits it:
+        # each task would be pinned to one CPU while torch and the loaders are told to use several
+        setup.append("export SRUN_CPUS_PER_TASK=$SLURM_CPUS_PER_TASK")
         if self.engine != "ray":  # Ray sets each trial's threads from its CPUs
             setup.append(f"export OMP_NUM_THREADS={self.cpus_per_task}")
         setup += self.setup

@@ -161,6 +161,8 @@ def test_flags_map_to_sbatch(slurm_cluster, tmp_path):
         "export OMP_NUM_THREADS=8",
     ):
         assert line in text, f"{line!r} not in:\n{text}"
+    # srun (22.05+) does not inherit --cpus-per-task: without this each task runs on one CPU
+    assert text.index("export SRUN_CPUS_PER_TASK=$SLURM_CPUS_PER_TASK") < text.index("\nsrun ")
 
 
 def test_smoke_sweep_matches_local(slurm_cluster, tmp_path):
