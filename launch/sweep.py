@@ -29,7 +29,7 @@ from bilateral.errors import BilateralError, ConfigError
 from bilateral.experiment import Plan, RunSpec, build_plan, group_name
 from bilateral.extras import require
 from bilateral.models.registry import BACKBONES
-from bilateral.placement import local_offer, place
+from bilateral.placement import Offer, Placement, local_offer, place
 from bilateral.report import markdown, runs_table, write_report
 from bilateral.store import SweepStore
 from bilateral.sweep import InProcessExecutor, fusion_groups, run_sweep
@@ -206,10 +206,22 @@ class LocalBackend:
     def run(args: argparse.Namespace, cfg: SweepConfig, plan: Plan, store: SweepStore) -> dict[str, str]:
         offer = local_offer()
         placement = place(cfg.device, None, None, 1, offer, default_cpus_per_worker=offer.cpus)
-        if placement.note:
-            log.warning("%s", placement.note)
+        for note in (placement.note, idle_gpus_note(offer, placement)):
+            if note:
+                log.warning("%s", note)
         executor = InProcessExecutor(store, plan, placement.device, cfg.data_dir, args.fuse, placement)
         return run_sweep(plan, store, executor)
+
+
+def idle_gpus_note(offer: Offer, placement: Placement) -> str:
+    """What to say when --cluster local, one run at a time on one GPU, leaves this machine's others idle."""
+    if not placement.on_gpu or offer.gpus <= 1:
+        return ""
+    return (
+        f"this machine has {offer.gpus:g} GPUs, but --cluster local trains one run at a time on "
+        f"{placement.device}: the other {offer.gpus - 1:g} stay idle. For one run per GPU at once, use "
+        f"--cluster ray --num-cpus {int(offer.cpus)} (a Ray instance on this machine; docs/ray.md)"
+    )
 
 
 def _ray_backend():

@@ -77,3 +77,16 @@ def test_driver_floor_per_cuda_major():
     assert cuda_build.problems([gpu], "12.6", ["sm_80"]) == []
     assert "needs driver 580" in cuda_build.problems([gpu], "13.0", ["sm_80"])[0]
     assert "CPU-only build" in cuda_build.problems([gpu], None, [])[0]
+
+
+def test_a_local_sweep_on_a_machine_of_8_gpus_says_7_stay_idle():
+    """--cluster local trains one run at a time on GPU 0; it says so at start and names the fix."""
+    from bilateral.placement import Offer, place
+    from launch.sweep import idle_gpus_note
+
+    eight = Offer(8, 128, "this machine (torch.cuda)")
+    note = idle_gpus_note(eight, place("auto", None, None, 1, eight, 128))
+    assert "has 8 GPUs" in note and "other 7 stay idle" in note and "--cluster ray --num-cpus 128" in note
+    one = Offer(1, 16, "this machine (torch.cuda)")
+    assert idle_gpus_note(one, place("auto", None, None, 1, one, 16)) == ""
+    assert idle_gpus_note(eight, place("cpu", None, None, 1, eight, 128)) == ""
