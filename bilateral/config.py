@@ -105,6 +105,9 @@ class TrainConfig:
     eval_every: int = bounded(1, 1)  # validate every N epochs and at the end; only those can become `best`
     test_checkpoint: str = "best"  # best (on validation) | last: what bilateral nets and baselines are
     # tested with. Hemispheres are always tested, and used by the nets built on them, at `best`.
+    # False: the test split is never loaded or evaluated, and the record holds no test metric (the
+    # runs of launch/tune.py, which choose settings on validation alone)
+    evaluate_test: bool = True
     sync_bn: bool = True  # DDP on GPU: BatchNorm statistics over the global batch (syncs the host per step)
     # Tracking beyond TensorBoard (bilateral/tracking.py); neither changes results or run ids.
     # mlflow: an MLflow tracking URI (http://host:5000, file:./mlruns) to log every run to;
@@ -135,6 +138,16 @@ class ReportConfig:
 
 
 @dataclass
+class TunedConfig:
+    """Settings chosen per row by launch/tune.py (bilateral/tuning): a sweep's `--config tuned.yaml`.
+    Each run of a row named here trains with its settings, and its record says where they came from."""
+
+    source: str | None = None  # the tuned.yaml that chose them
+    seeds: list[int] = field(default_factory=list)  # the tuning seeds: a sweep must use others
+    rows: dict[str, dict[str, Any]] = field(default_factory=dict)  # "<model>/<backbone>": {key: value}
+
+
+@dataclass
 class SweepConfig:
     name: str | None = None  # results/<name>/; derived from preset, data and backbone when unset
     preset: str = "smoke"
@@ -147,6 +160,7 @@ class SweepConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     plan: PlanConfig = field(default_factory=PlanConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
+    tuned: TunedConfig = field(default_factory=TunedConfig)
 
 
 PRESETS = ("smoke", "small", "fast", "paper", "authors")
@@ -297,6 +311,12 @@ def validate(cfg: SweepConfig) -> None:
     check_device(cfg.device)
     if not cfg.plan.seeds:
         raise ConfigError("plan.seeds is empty: give at least one seed (e.g. --seeds 0)")
+    reused = sorted(set(cfg.plan.seeds) & set(cfg.tuned.seeds))
+    if reused:
+        raise ConfigError(
+            f"plan.seeds {reused} were the tuning seeds of {cfg.tuned.source}: a comparison measured on "
+            "the seeds its settings were chosen on is biased; choose other seeds (e.g. --seeds 0-4)"
+        )
     if any(k < 1 or k > cfg.plan.pool_size for k in cfg.plan.ensemble_top):
         raise ConfigError(
             f"plan.ensemble_top={cfg.plan.ensemble_top} must lie in 1..plan.pool_size={cfg.plan.pool_size}"

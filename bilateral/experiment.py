@@ -18,6 +18,7 @@ from bilateral.config import DataConfig, ModelConfig, OptimConfig, SweepConfig, 
 from bilateral.errors import ConfigError
 from bilateral.kinds import Kind, all_kinds, kind_of, load_kind_modules
 from bilateral.models.registry import UNFUSABLE
+from bilateral.tuning.tuned import chosen_for
 
 LATER_DEFAULTS = {
     ("train", "eval_every"): 1,
@@ -25,6 +26,7 @@ LATER_DEFAULTS = {
     ("data", "holdout_per_coarse"): 0,
     ("model", "zero_init_residual"): False,
     ("train", "head_epochs"): None,
+    ("train", "evaluate_test"): True,
 }
 # A setting whose default changed: specs written before it existed meant this value.
 LEGACY_VALUES = {("data", "pairing"): "run"}
@@ -49,6 +51,7 @@ class RunSpec:
     row: str = ""  # a comparison's own row (bilateral/comparison.py); "" = the kind's row
     options: dict = field(default_factory=dict)  # that row's options, read by its kind
     settings: dict = field(default_factory=dict)  # a row's own config settings ("train.eval_every": 2)
+    tuned: dict = field(default_factory=dict)  # {source, row, settings} when launch/tune.py chose them
 
     @property
     def kind_spec(self) -> Kind:
@@ -85,6 +88,7 @@ class RunSpec:
         identity = self.to_dict()
         for key in ("checkpoint_every", "mlflow", "wandb"):  # how a run is written down, not its result
             identity["train"].pop(key)
+        identity.pop("tuned")  # where settings came from: the settings themselves are in the sections
         for key in ("plugin", "row", "options", "settings"):  # unset, the paper's run ids stay as they were
             if not identity[key]:
                 identity.pop(key)
@@ -278,13 +282,23 @@ class PlanBuilder:
         if kind_of(kind).role in ("left", "right"):
             settings = {k: v for k, v in settings.items() if k not in NOT_READ_BY_HEMISPHERES}
             forced = NOT_READ_BY_HEMISPHERES
+        spec = self._spec(kind, backbone, seed, settings, forced, fields)
+        tuned = chosen_for(self.cfg.tuned, spec)  # settings launch/tune.py chose for this run's row
+        if tuned:
+            forced = {**tuned["settings"], **forced}
+            spec = self._spec(kind, backbone, seed, settings, forced, {**fields, "tuned": tuned})
+        return self.runs.setdefault(spec.run_id, spec)
+
+    def _spec(
+        self, kind: str, backbone: str, seed: int, settings: dict, forced: dict, fields: dict
+    ) -> RunSpec:
+        """A run under the row's settings (its label) and forced ones (applied, not in its label)."""
         cfg = self._config({**settings, **forced})
         common = dict(data=cfg.data, model=cfg.model, optim=cfg.optim, train=cfg.train)
         spec = RunSpec(
             kind, backbone, seed, plugin=kind_of(kind).module, settings=settings, **common, **fields
         )
-        spec = with_own_epochs(spec)
-        return self.runs.setdefault(spec.run_id, spec)
+        return with_own_epochs(spec)
 
     def _config(self, settings: dict) -> SweepConfig:
         key = settings_label(settings)

@@ -21,6 +21,7 @@ EXTRA_OF = {
     "imagecorruptions": "evaluation",
     "mlflow": "tracking",
     "wandb": "tracking",
+    "optuna": "tune",
 }
 # Installed outside the extras: torchattacks 3.5.1 pins requests~=2.25.1, which Ray's dependencies
 # refuse, while the attacks themselves need only torch, torchvision, scipy, tqdm, numpy and Pillow.

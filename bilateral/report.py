@@ -360,6 +360,13 @@ def markdown(
         table.to_markdown(index=False),
         "",
     ]
+    tuned = config.get("tuned") or {}
+    if tuned.get("rows"):  # bilateral/tuning: each row's settings chosen on validation, same budget
+        text += [
+            f"Rows trained with the settings tuned for them ({tuned['source']}; the search space, budget "
+            f"and choices are in report.md beside it): {', '.join(tuned['rows'])}.",
+            "",
+        ]
     if figures is not None:
         text += [f"![{caption}]({path})\n\n*{caption}*\n" for path, caption in figures] or [
             "(No figures: they need matplotlib, `pip install -e '.[analysis]'`; then rerun "

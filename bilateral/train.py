@@ -45,6 +45,7 @@ from bilateral.data.loaders import Loader, make_loader
 from bilateral.distributed import fail_together, from_rank0, rank_and_world
 from bilateral.errors import CheckpointError, ConfigError
 from bilateral.experiment import RunSpec, group_name, settings_label
+from bilateral.interrupt import shielded
 from bilateral.models import Ensemble, count_parameters, load_state_strict
 from bilateral.models.fused import (
     fuse,
@@ -300,7 +301,9 @@ def _run_unfinished(specs, store, device, data_dir, on_epoch, placement) -> list
         )
 
     val = loader("val", data.train, splits.val, False, spec.train.eval_batch_size)
-    test = loader("test", data.test, splits.test, False, spec.train.eval_batch_size)
+    test = None  # launch/tune.py's runs never look at the test split
+    if spec.train.evaluate_test:
+        test = loader("test", data.test, splits.test, False, spec.train.eval_batch_size)
     resources["data_prep_time_s"] = time.perf_counter() - prepared  # decode, split, .beton files, loaders
     if spec.trains:
         first = loader("train", data.train, splits.train, True, spec.train.batch_size, spec.data_seed)
@@ -335,7 +338,7 @@ def _finish(
     started = time.time()
     wall_s = stats.pop("wall_s")
     val_metrics, _ = evaluate(model, val, spec, dev)
-    test_metrics, outputs = evaluate(model, test, spec, dev)
+    test_metrics, outputs = evaluate(model, test, spec, dev) if test is not None else ({}, {})
     relabelled = data.fingerprint() != fingerprint
     if relabelled:  # its coarse head learnt other labels (say, clusters): no coarse accuracy to compare
         val_metrics, test_metrics = (
@@ -363,6 +366,7 @@ def _finish(
         **{f"test_{k}": v for k, v in test_metrics.items()},
         **{f"val_{k}": v for k, v in val_metrics.items()},
         **stats,
+        "tuned": spec.tuned or None,  # {source, row, settings} where launch/tune.py chose its settings
         "wall_time_s": wall_s + time.time() - started,
         "workers": world,
         "data_fingerprint": fingerprint,
@@ -377,15 +381,16 @@ def _finish(
     }
     if rank != 0:
         return record
-    run_store.save_arrays(  # per-sample test outputs for the analysis
-        "predictions.npz",
-        {
-            "test_index": splits.test,
-            **{f"label_{h}": y for h, y in labels.items()},
-            **{f"logits_{h}": z.numpy() for h, z in outputs.items()},
-            **{f"correct_{h}": predicted[h] == labels[h] for h in predicted},
-        },
-    )
+    if test is not None:
+        run_store.save_arrays(  # per-sample test outputs for the analysis
+            "predictions.npz",
+            {
+                "test_index": splits.test,
+                **{f"label_{h}": y for h, y in labels.items()},
+                **{f"logits_{h}": z.numpy() for h, z in outputs.items()},
+                **{f"correct_{h}": predicted[h] == labels[h] for h in predicted},
+            },
+        )
     run_store.write_record(record)
     return record
 
@@ -637,17 +642,19 @@ def _train(
             state["images"] += images
         saved = time.perf_counter()
         if checkpoint and rank == 0:
-            optimizer_states = (
-                unfuse_optimizer_state(optimizer.state_dict(), net, members[0], k)
-                if k > 1
-                else [optimizer.state_dict()]
-            )
-            for j, (state, rs) in enumerate(zip(states, run_stores, strict=True)):
-                if pending_best[j] is not None:
-                    rs.save_checkpoint("best", pending_best[j])
-                rs.write_metrics(metrics[j])  # before "last": a resume drops rows past the last checkpoint
-                last = {"model": model_states[j], "optimizer": optimizer_states[j], **state}
-                rs.save_checkpoint("last", last)
+            with shielded():  # a signal waits until best.pt, metrics.jsonl and last.pt agree
+                optimizer_states = (
+                    unfuse_optimizer_state(optimizer.state_dict(), net, members[0], k)
+                    if k > 1
+                    else [optimizer.state_dict()]
+                )
+                for j, (state, rs) in enumerate(zip(states, run_stores, strict=True)):
+                    if pending_best[j] is not None:
+                        rs.save_checkpoint("best", pending_best[j])
+                    # before "last": a resume drops rows past the last checkpoint
+                    rs.write_metrics(metrics[j])
+                    last = {"model": model_states[j], "optimizer": optimizer_states[j], **state}
+                    rs.save_checkpoint("last", last)
         if checkpoint:
             pending_best = [None] * k
         if world > 1 and checkpoint:
