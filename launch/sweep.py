@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from bilateral.data.sources import check_dataset_spec, class_counts, image_size_
 from bilateral.errors import BilateralError, ConfigError
 from bilateral.experiment import Plan, RunSpec, build_plan, group_name
 from bilateral.extras import require
+from bilateral.interrupt import Interrupted, install
 from bilateral.models.registry import BACKBONES
 from bilateral.placement import Offer, Placement, local_offer, place
 from bilateral.report import markdown, runs_table, write_report
@@ -286,7 +288,12 @@ def main(argv: list[str]) -> int:
     preflight(cfg, plan)
     store.write_plan(to_dict(cfg), plan.runs)
     log.info("sweep %s: %d runs in %d stages -> %s", cfg.name, len(plan.runs), len(plan.stages), store.root)
-    failed = BACKENDS[args.cluster]().run(args, cfg, plan, store)
+    try:
+        failed = BACKENDS[args.cluster]().run(args, cfg, plan, store)
+    except (Interrupted, KeyboardInterrupt) as exc:  # a backend's library may raise its own Ctrl-C
+        signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
+        print(where_it_stands(signal.Signals(signum).name, plan, store), file=sys.stderr)
+        return 128 + signum
     finished, damaged = store.read_records()
     failed.update({run_id: why for run_id, why in damaged.items() if run_id not in failed})
     if finished:
@@ -309,15 +316,41 @@ def main(argv: list[str]) -> int:
     return 0
 
 
+def where_it_stands(signal_name: str, plan: Plan, store: SweepStore) -> str:
+    """What a stopped sweep keeps: its finished runs, and where each unfinished one resumes."""
+    finished = [s for s in plan.runs if store.run(s.run_id).is_finished()]
+    started = {}
+    for spec in plan.runs:
+        run = store.run(spec.run_id)
+        if not run.is_finished() and run.has_checkpoint("last"):
+            try:
+                epoch = run.checkpoint_epoch("last") + 1
+                started[spec.run_id] = f"resumes after epoch {epoch}, from its checkpoints/last.pt"
+            except BilateralError as exc:  # named, not raised: the stop is what the user asked for
+                started[spec.run_id] = str(exc)
+    lines = [
+        f"stopped by {signal_name}: {len(finished)} of {len(plan.runs)} runs finished and kept in "
+        f"{store.root}; {len(plan.runs) - len(finished) - len(started)} not started"
+    ]
+    lines += [f"  {run_id}: {where}" for run_id, where in started.items()]
+    lines.append("Rerun the same command to resume: finished runs are skipped.")
+    return "\n".join(lines)
+
+
 def cli(argv: list[str]) -> int:
-    """main() with logging set up and user errors printed without a traceback (exit code 2)."""
+    """main() with logging set up, user errors printed without a traceback (exit code 2), and SIGTERM
+    or Ctrl-C ending the sweep at once with what it keeps (exit code 128 + the signal's number)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
+    install()
     try:
         with logging_redirect_tqdm():  # on a terminal, log lines print above the bars, never through them
             return main(argv)
     except BilateralError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except Interrupted as exc:  # before any run started: nothing to keep
+        print(f"stopped by {exc}, before training started; rerun the same command", file=sys.stderr)
+        return exc.exit_code
 
 
 if __name__ == "__main__":

@@ -36,6 +36,7 @@ from pathlib import Path
 from bilateral.config import SweepConfig
 from bilateral.errors import BilateralError, ConfigError
 from bilateral.experiment import Plan, RunSpec
+from bilateral.interrupt import Interrupted
 from bilateral.placement import Offer, Placement, place
 from bilateral.store import SweepStore, write_json
 from bilateral.sweep import fusion_groups, run_sweep
@@ -602,7 +603,7 @@ class SlurmStages:
                     last = line
                 if pending:
                     time.sleep(min(30.0, self.poll_s + (time.time() - started) / 60))
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, Interrupted):  # Ctrl-C, or SIGTERM to this driver
             ids = " ".join(job.job_id for job, _ in pending.values())
             print(
                 f"\ninterrupted: Slurm jobs {ids} keep running. Rerun the same command to wait for them "
