@@ -92,6 +92,9 @@ def test_the_search_space_reads_each_kinds_own_weight_decay(tmp_path):
     bad.write_text("every_row: {optim.lr: {low: 0, high: 1, log: true}}\n")
     with pytest.raises(ConfigError, match="low > 0 when log"):
         load_space(bad)
+    bad.write_text("every_row: {train.epochs: {low: 1, high: 5, integer: true}}\n")
+    with pytest.raises(ConfigError, match="not searched"):
+        load_space(bad)
 
 
 def test_rows_are_tuned_after_the_rows_their_runs_depend_on():

@@ -40,7 +40,7 @@ class Dim:
     high: float
     log: bool = False  # sample log-uniformly (learning rates, weight decays)
     relative: bool = False
-    integer: bool = False  # e.g. train.epochs
+    integer: bool = False  # sample integers (e.g. data.train_subset)
 
     def bounds(self, value: float) -> tuple[float, float]:
         return (self.low * value, self.high * value) if self.relative else (self.low, self.high)
@@ -153,6 +153,11 @@ def _dims(entry: Any, where: str) -> dict[str, Dim]:
             raise ConfigError(
                 f"{where}: {key!r} is neither weight_decay nor a key of a run's config (data, model, optim, "
                 "train)"
+            )
+        if key in ("train.epochs", "train.head_epochs"):
+            raise ConfigError(
+                f"{where}: {key} is not searched: ASHA's rungs are epochs and every trial trains the row's "
+                "own; how many epochs each row needs is launch/study.py's question"
             )
         if not isinstance(spec, dict) or not {"low", "high"} <= set(spec) or set(spec) - set(DIM_KEYS):
             raise ConfigError(f"{where}: {key}: give {{low, high}} and optionally log, relative, integer")
