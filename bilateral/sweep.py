@@ -4,9 +4,11 @@ unfinished runs, because a finished run (record.json present) is never scheduled
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 
 from bilateral import progress
+from bilateral.claims import Claims
 from bilateral.errors import CheckpointError, DamagedFileError, DiskFullError, describe_failure
 from bilateral.experiment import Plan, RunSpec, group_name
 from bilateral.placement import Placement
@@ -16,13 +18,16 @@ from bilateral.train import run_group
 log = logging.getLogger(__name__)
 
 # Runs the given specs (in any order or in parallel) and returns {run_id: error text} for those that failed.
+# An executor may say how many runs it takes per call (`batch`, default all): the claims it is given.
 StageExecutor = Callable[[list[RunSpec]], dict[str, str]]
+WAIT_S = 5.0  # how often a sweep looks again at runs another sweep on its directory is training
 
 
 def run_sweep(plan: Plan, store: SweepStore, execute: StageExecutor) -> dict[str, str]:
     """Run every unfinished run of the plan; returns {run_id: error} of runs that failed or were blocked."""
     failed: dict[str, str] = damaged_records(plan, store)
     warn_unpaired(plan, store)
+    claims = Claims(store)
     for number, stage in enumerate(plan.stages, 1):
         todo = [s for s in stage if not store.run(s.run_id).is_finished()]
         blocked = {
@@ -43,7 +48,43 @@ def run_sweep(plan: Plan, store: SweepStore, execute: StageExecutor) -> dict[str
             len(blocked),
         )
         if todo:
-            failed.update(execute(todo))
+            failed.update(run_claimed(todo, store, claims, execute))
+    return failed
+
+
+def run_claimed(
+    todo: list[RunSpec], store: SweepStore, claims: Claims, execute: StageExecutor
+) -> dict[str, str]:
+    """Execute the runs of a stage that this sweep claims, a batch at a time; wait for those another
+    sweep on this directory claimed, and take over any it leaves unfinished (it stopped or crashed)."""
+    failed: dict[str, str] = {}
+    said = ""
+    while todo := [s for s in todo if s.run_id not in failed and not store.run(s.run_id).is_finished()]:
+        mine = claims.take(todo, getattr(execute, "batch", None))
+        if mine:
+            try:
+                failed.update(execute(mine))
+            finally:
+                claims.release(mine)
+            failed.update(  # never trained again in this sweep: it would loop
+                {
+                    s.run_id: f"{s.run_id} ended without a record or an error; rerun to retry it"
+                    for s in mine
+                    if s.run_id not in failed and not store.run(s.run_id).is_finished()
+                }
+            )
+            continue
+        holders = claims.holders(todo)
+        if holders != said:
+            log.info(
+                "waiting for %d run(s) that another sweep on this directory is training (%s): %s; this "
+                "sweep goes on when they finish, and trains any that sweep leaves unfinished",
+                len(todo),
+                holders,
+                ", ".join(s.run_id for s in todo),
+            )
+            said = holders
+        time.sleep(WAIT_S)
     return failed
 
 
@@ -110,6 +151,7 @@ class InProcessExecutor:
         placement: Placement | None = None,
     ):
         self.store, self.device, self.data_dir, self.fuse = store, device, data_dir, fuse
+        self.batch = fuse  # claims taken per call: one group, so a second sweep can take the next
         self.placement = placement
         finished = sum(store.run(s.run_id).is_finished() for s in plan.runs)
         self.done, self.total = finished, len(plan.runs)
