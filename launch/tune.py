@@ -18,10 +18,12 @@ Rerun the same command after a crash or a kill: finished rows and trials are kep
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import logging
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -123,7 +125,15 @@ def main(argv: list[str]) -> int:
     return 0
 
 
-def tune(args, cfg: SweepConfig, space: SearchSpace, budget: Budget, root: Path, resources: dict, about: str):
+def tune(
+    args: argparse.Namespace,
+    cfg: SweepConfig,
+    space: SearchSpace,
+    budget: Budget,
+    root: Path,
+    resources: dict,
+    about: str,
+) -> Path:
     from bilateral.store import SweepStore
     from ray_jobs import backend
     from ray_jobs.tune import tune_comparison
@@ -136,34 +146,28 @@ def tune(args, cfg: SweepConfig, space: SearchSpace, budget: Budget, root: Path,
     return tune_comparison(cfg, space, budget, root, placement, trial, executor, about, args.max_failures)
 
 
-class ray_cluster:
-    """The Ray cluster at --address, or a local one started here (and stopped when done)."""
+@contextlib.contextmanager
+def ray_cluster(args: argparse.Namespace) -> Iterator[dict]:
+    """The Ray cluster at --address, or a local one started here; yields its resources."""
+    import ray
+    from ray.exceptions import AuthenticationError
 
-    def __init__(self, args: argparse.Namespace):
-        self.args = args
+    from ray_jobs.auth import connect_error
 
-    def __enter__(self) -> dict:
-        import ray
-        from ray.exceptions import AuthenticationError
-
-        from ray_jobs.auth import connect_error
-
-        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-        repo = Path(__file__).resolve().parents[1]
-        in_job = "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ
-        runtime_env = None if in_job else {"env_vars": {"PYTHONPATH": str(repo)}}
-        if self.args.address:
-            try:
-                ray.init(address=self.args.address, runtime_env=runtime_env)
-            except (ConnectionError, AuthenticationError) as exc:
-                raise connect_error(self.args.address, exc) from None
-        else:
-            ray.init(num_cpus=self.args.num_cpus, runtime_env=runtime_env)
-        return ray.cluster_resources()
-
-    def __exit__(self, *exc) -> None:
-        import ray
-
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    repo = Path(__file__).resolve().parents[1]
+    in_job = "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ  # a submitted job ships the code itself
+    runtime_env = None if in_job else {"env_vars": {"PYTHONPATH": str(repo)}}
+    if args.address:
+        try:
+            ray.init(address=args.address, runtime_env=runtime_env)
+        except (ConnectionError, AuthenticationError) as exc:
+            raise connect_error(args.address, exc) from None
+    else:
+        ray.init(num_cpus=args.num_cpus, runtime_env=runtime_env)
+    try:
+        yield ray.cluster_resources()
+    finally:
         ray.shutdown()
 
 
