@@ -38,7 +38,7 @@ def test_unknown_key_lists_known_keys():
 
 
 def test_unknown_preset():
-    with pytest.raises(ConfigError, match="smoke, fast, paper"):
+    with pytest.raises(ConfigError, match="smoke, small, fast, paper"):
         load_config("huge")
 
 
