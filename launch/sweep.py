@@ -32,6 +32,7 @@ from bilateral.extras import require
 from bilateral.interrupt import Interrupted, install
 from bilateral.models.registry import BACKBONES
 from bilateral.placement import Offer, Placement, local_offer, place
+from bilateral.reach import check_mlflow, check_wandb
 from bilateral.report import markdown, runs_table, write_report
 from bilateral.store import SweepStore
 from bilateral.sweep import InProcessExecutor, fusion_groups, run_sweep
@@ -284,6 +285,8 @@ def main(argv: list[str]) -> int:
         return 0
     for module, purpose in required_libraries(args, cfg).items():
         require(module, purpose)
+    check_mlflow(cfg.train.mlflow or "")  # a server that never answers: an error now, not a hang per run
+    check_wandb(cfg.train.wandb or "")
     check_torch_build(args.cluster, cfg.device)
     preflight(cfg, plan)
     store.write_plan(to_dict(cfg), plan.runs)

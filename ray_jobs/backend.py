@@ -22,6 +22,7 @@ from bilateral.placement import Offer, Placement, place
 from bilateral.store import RunStore, SweepStore
 from bilateral.sweep import fusion_groups, run_sweep
 from ray_jobs.auth import connect_error
+from ray_jobs.reach import check_ray_address
 
 log = logging.getLogger(__name__)
 DRIVER_CPU = 0.01  # a Tune trial that only drives a TorchTrainer (Tune refuses an empty request)
@@ -304,6 +305,7 @@ def run(args: argparse.Namespace, cfg: SweepConfig, plan: Plan, store: SweepStor
         repo = Path(__file__).resolve().parents[1]
         runtime_env = None if in_job else {"env_vars": {"PYTHONPATH": str(repo)}}
         if args.address:
+            check_ray_address(args.address)  # ray.init retries an address where nothing listens for minutes
             try:
                 ray.init(address=args.address, runtime_env=runtime_env)
             except (ConnectionError, AuthenticationError) as exc:

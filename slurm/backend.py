@@ -43,6 +43,7 @@ from bilateral.sweep import fusion_groups, run_sweep
 from ray_jobs.backend import add_shared_arguments
 
 log = logging.getLogger("slurm")
+CONTROLLER_TIMEOUT_S = 25  # the first question to the controller, before anything is submitted
 
 ACTIVE = {"PENDING", "RUNNING", "REQUEUED", "COMPLETING", "CONFIGURING", "RESIZING", "SUSPENDED", "PREEMPTED"}
 QUEUED = {"PENDING", "REQUEUED", "CONFIGURING", "SUSPENDED", "PREEMPTED", "UNKNOWN", "READY"}
@@ -194,9 +195,25 @@ def parse_sinfo(text: str, partition: str | None) -> Offer:
 
 def slurm_offer(partition: str | None) -> Offer:
     _require_slurm()
-    proc = subprocess.run(["sinfo", "-h", "-o", "%P|%G|%c"], capture_output=True, text=True, timeout=60)
+    fix = (
+        "Fix: start the controller, or point SLURM_CONF at the right slurm.conf (its SlurmctldHost and "
+        "SlurmctldPort), and for an authentication error start munged; `scontrol ping` says whether the "
+        "controller answers"
+    )
+    try:  # sinfo waits MessageTimeout per try, and tries again, on a controller that never answers
+        proc = subprocess.run(
+            ["sinfo", "-h", "-o", "%P|%G|%c"], capture_output=True, text=True, timeout=CONTROLLER_TIMEOUT_S
+        )
+    except subprocess.TimeoutExpired:
+        raise BilateralError(
+            f"the Slurm controller does not answer: `sinfo` got no reply within {CONTROLLER_TIMEOUT_S} s. "
+            + fix
+        ) from None
     if proc.returncode != 0:
-        raise BilateralError(f"sinfo failed: {proc.stderr.strip() or proc.stdout.strip()}")
+        why = (proc.stderr.strip() or proc.stdout.strip()).splitlines()[-1:] or ["no output"]
+        raise BilateralError(
+            f"could not ask the Slurm controller for its partitions: `sinfo` says '{why[0]}'. {fix}"
+        )
     return parse_sinfo(proc.stdout, partition)
 
 
@@ -684,6 +701,8 @@ def run(args: argparse.Namespace, cfg: SweepConfig, plan: Plan, store: SweepStor
     """Run every unfinished run of the plan on Slurm; return {run_id: error} of those that failed."""
     opts = SlurmOptions.from_args(args, cfg)
     _require_slurm()
+    if cfg.device == "cpu":  # from_args asked sinfo for any other device
+        slurm_offer(args.partition)  # the controller answers, and the partition exists, before submitting
     stages = SlurmStages(opts, store)
     if args.engine == "ray":
         return stages.run_ray(args, cfg, plan, detach=args.detach)
