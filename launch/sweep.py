@@ -18,6 +18,7 @@ import logging
 import signal
 import sys
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from tqdm.contrib.logging import logging_redirect_tqdm
 
@@ -31,6 +32,7 @@ from bilateral.experiment import Plan, RunSpec, build_plan, group_name
 from bilateral.extras import require
 from bilateral.interrupt import Interrupted, install
 from bilateral.models.registry import BACKBONES
+from bilateral.paths import check_dir, check_file
 from bilateral.placement import Offer, Placement, local_offer, place
 from bilateral.reach import check_mlflow, check_wandb
 from bilateral.report import markdown, runs_table, write_report
@@ -124,6 +126,23 @@ def preflight(cfg: SweepConfig, plan: Plan) -> None:
         check_batches(make_splits(data, trained[0]), trained[0])  # one data and train config per sweep
     for spec in {(s.kind, s.backbone, s.right_backbone): s for s in trained}.values():
         build_model(spec, data.num_fine, data.num_coarse)
+
+
+def check_output_paths(cfg: SweepConfig, store: SweepStore) -> None:
+    """Every path a sweep writes, before anything is made: a folder that is a file, or below one, is an
+    error now rather than a traceback later (possibly after training, at summary.csv)."""
+    move = "or move that file away"
+    check_dir(cfg.out, "--out", f"give --out a folder ({move})")
+    check_dir(store.root, "the sweep folder", f"choose another --name ({move})")
+    check_file(
+        Path(cfg.out) / "summary.csv",
+        "--out's summary.csv",
+        "move that directory away, or give another --out",
+    )
+    check_dir(cfg.data_dir, "data_dir", f"set data_dir=<a folder> ({move})")
+    tracking = urlsplit(cfg.train.mlflow or "")
+    if cfg.train.mlflow and tracking.scheme in ("", "file"):  # MLflow's file store
+        check_dir(tracking.path, "train.mlflow's file store", f"give train.mlflow=file:<a folder> ({move})")
 
 
 def check_torch_build(cluster: str, device: str) -> None:
@@ -275,6 +294,7 @@ def main(argv: list[str]) -> int:
     plan = build_plan(cfg)
     check_declared(cfg)  # a contrast naming no row fails now, not in the report after training
     store = SweepStore(Path(cfg.out) / cfg.name)
+    check_output_paths(cfg, store)
     if args.dry_run:
         check_dataset_spec(cfg.data.source)
         print(f"sweep {cfg.name} -> {store.root}\n{rows_table(plan, cfg.data.source)}\n{plan.describe()}")

@@ -165,3 +165,15 @@ def test_a_full_disk_is_reported_and_loses_nothing(small_disk):
     records = store.read_records()[0]
     assert len(records) == 2 and first in records  # seed 0 not retrained
     assert json.loads(store.run(first["run_id"]).path("record.json").read_text()) == first
+
+
+def test_output_paths_that_cannot_be_folders_are_refused_at_startup(tmp_path):
+    afile = tmp_path / "a-file"
+    afile.write_text("not a folder")
+    proc = front_door("--dry-run", out=afile / "results", expect=2)
+    assert f"error: --out {afile / 'results'} cannot be a directory: {afile} is a file. Fix: give --out" in (
+        proc.stderr
+    )
+    proc = front_door("--dry-run", f"data_dir={afile}", out=tmp_path, expect=2)
+    assert f"error: data_dir {afile} cannot be a directory: it is a file. Fix: set data_dir=" in proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]  # nothing made
