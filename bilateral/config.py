@@ -311,6 +311,10 @@ def validate(cfg: SweepConfig) -> None:
     check_device(cfg.device)
     if not cfg.plan.seeds:
         raise ConfigError("plan.seeds is empty: give at least one seed (e.g. --seeds 0)")
+    if min(cfg.plan.seeds) < 0:  # numpy's generators refuse them, in the middle of a run
+        raise ConfigError(
+            f"plan.seeds={cfg.plan.seeds} is out of range: seeds are 0 or more (e.g. --seeds 0-4)"
+        )
     reused = sorted(set(cfg.plan.seeds) & set(cfg.tuned.seeds))
     if reused:
         raise ConfigError(

@@ -30,6 +30,7 @@ from bilateral.data.sources import check_dataset_spec, class_counts, image_size_
 from bilateral.errors import BilateralError, ConfigError
 from bilateral.experiment import Plan, RunSpec, build_plan, group_name
 from bilateral.extras import require
+from bilateral.flags import ranged
 from bilateral.interrupt import Interrupted, install
 from bilateral.models.registry import BACKBONES
 from bilateral.paths import check_dir, check_file
@@ -74,7 +75,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--device", help="auto (cuda if available) | cpu | cuda | cuda:N")
     p.add_argument(
         "--fuse",
-        type=int,
+        type=ranged(int, 1),
         default=1,
         metavar="K",
         help="train up to K runs that differ only in seed or pool member as one fused network "
@@ -288,8 +289,6 @@ def main(argv: list[str]) -> int:
 
         print(status(args.status))
         return 0
-    if args.fuse < 1:
-        raise ConfigError(f"--fuse {args.fuse}: give the number of runs to train as one network, 1 or more")
     cfg = resolve_config(args)
     plan = build_plan(cfg)
     check_declared(cfg)  # a contrast naming no row fails now, not in the report after training

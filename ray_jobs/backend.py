@@ -18,6 +18,7 @@ from pathlib import Path
 from bilateral.config import SweepConfig
 from bilateral.errors import ConfigError
 from bilateral.experiment import Plan, RunSpec, group_name
+from bilateral.flags import ranged
 from bilateral.placement import Offer, Placement, place
 from bilateral.store import RunStore, SweepStore
 from bilateral.sweep import fusion_groups, run_sweep
@@ -36,27 +37,34 @@ def add_shared_arguments(parser: argparse.ArgumentParser) -> None:
         return
     parser.add_argument(
         "--gpus-per-run",
-        type=float,
+        type=ranged(float, 0),
         help="GPUs of one run; default: 1 (one per DDP worker) where the cluster has GPUs, else 0. "
         "Ray: a share, 0.25 packs 4 runs per GPU. Slurm: N > 1 = DDP over N GPUs",
     )
     parser.add_argument(
-        "--cpus-per-run", type=float, help="CPUs per run (Ray: per DDP worker, default 1; Slurm: default 2)"
+        "--cpus-per-run",
+        type=ranged(float, 0, low_open=True),
+        help="CPUs per run (Ray: per DDP worker, default 1; Slurm: default 2)",
     )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--address", help="Ray cluster to join (auto, or HOST:PORT); default: start one here")
-    parser.add_argument("--num-cpus", type=int, help="logical CPUs of the Ray instance started here")
+    parser.add_argument(
+        "--num-cpus", type=ranged(int, 1), help="logical CPUs of the Ray instance started here"
+    )
     add_shared_arguments(parser)
     parser.add_argument(
         "--workers-per-run",
-        type=int,
+        type=ranged(int, 1),
         default=1,
         help="N > 1: DDP over N processes (Ray Train workers; Slurm tasks), one GPU each on GPUs",
     )
     parser.add_argument(
-        "--max-failures", type=int, default=2, help="restarts of a failed run or worker group"
+        "--max-failures",
+        type=ranged(int, -1),
+        default=2,
+        help="restarts of a failed run or worker group (-1: without limit)",
     )
     parser.add_argument(
         "--autoscale",

@@ -36,6 +36,7 @@ from pathlib import Path
 from bilateral.config import SweepConfig
 from bilateral.errors import BilateralError, ConfigError
 from bilateral.experiment import Plan, RunSpec
+from bilateral.flags import ranged
 from bilateral.interrupt import Interrupted
 from bilateral.placement import Offer, Placement, place
 from bilateral.store import SweepStore, write_json
@@ -71,17 +72,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     add_shared_arguments(parser)  # --gpus-per-run, --cpus-per-run: resolved in SlurmOptions.from_args
     parser.add_argument(
-        "--mem-gb", type=float, help="memory of one run in GB (sbatch --mem); default: the cluster's"
+        "--mem-gb",
+        type=ranged(float, 0, low_open=True),
+        help="memory of one run in GB (sbatch --mem); default: the cluster's",
     )
     parser.add_argument(
         "--array-parallelism",
-        type=int,
+        type=ranged(int, 1),
         default=256,
         help="at most this many elements of a job array run at once (sbatch --array=0-N%%P)",
     )
     parser.add_argument(
         "--runs-per-task",
-        type=int,
+        type=ranged(int, 1),
         default=1,
         help="K runs in one array element, as K processes sharing its GPUs (small models)",
     )
@@ -101,11 +104,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--signal-delay-s",
-        type=int,
+        type=ranged(int, 0),
         default=120,
         help="USR2 this long before the time limit: the job is requeued then (sbatch --signal=USR2@S)",
     )
-    parser.add_argument("--max-requeues", type=int, default=20, help="give up on a job requeued more often")
+    parser.add_argument(
+        "--max-requeues", type=ranged(int, 0), default=20, help="give up on a job requeued more often"
+    )
     parser.add_argument(
         "--detach",
         action="store_true",
@@ -118,17 +123,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="submitit: job arrays (default); ray: start Ray inside a Slurm allocation, run the Ray backend",
     )
     parser.add_argument(
-        "--nodes", type=int, default=1, help="--engine ray: nodes of the allocation (sbatch --nodes)"
+        "--nodes",
+        type=ranged(int, 1),
+        default=1,
+        help="--engine ray: nodes of the allocation (sbatch --nodes)",
     )
     parser.add_argument(
         "--cpus-per-node",
-        type=int,
+        type=ranged(int, 1),
         default=8,
         help="--engine ray: CPUs of each node's Ray (sbatch --cpus-per-task, one task per node; default 8)",
     )
     parser.add_argument(
         "--gpus-per-node",
-        type=int,
+        type=ranged(int, 0),
         help="--engine ray: GPUs of each node's Ray (sbatch --gpus-per-node; default 1, 0 with --device cpu)",
     )
 

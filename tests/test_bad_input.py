@@ -177,3 +177,39 @@ def test_output_paths_that_cannot_be_folders_are_refused_at_startup(tmp_path):
     proc = front_door("--dry-run", f"data_dir={afile}", out=tmp_path, expect=2)
     assert f"error: data_dir {afile} cannot be a directory: it is a file. Fix: set data_dir=" in proc.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]  # nothing made
+
+
+def test_negative_gpus_per_run_is_refused_where_it_is_parsed(tmp_path):
+    proc = front_door("--cluster", "ray", "--gpus-per-run", "-1", "--dry-run", out=tmp_path, expect=2)
+    assert "argument --gpus-per-run: -1 is out of range: give a value >= 0" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    "flag, value, allowed",
+    [
+        ("--fuse", "0", ">= 1"),
+        ("--workers-per-run", "0", ">= 1"),
+        ("--cpus-per-run", "0", "> 0"),
+        ("--gpus-per-run", "nan", ">= 0"),
+        ("--num-cpus", "0", ">= 1"),
+        ("--max-failures", "-2", ">= -1"),
+        ("--mem-gb", "-4", "> 0"),
+        ("--array-parallelism", "0", ">= 1"),
+        ("--runs-per-task", "0", ">= 1"),
+        ("--signal-delay-s", "-1", ">= 0"),
+        ("--max-requeues", "-1", ">= 0"),
+        ("--nodes", "0", ">= 1"),
+        ("--cpus-per-node", "0", ">= 1"),
+        ("--gpus-per-node", "-1", ">= 0"),
+        ("--workers-per-run", "1.5", None),
+    ],
+)
+def test_every_numeric_flag_has_its_range(flag, value, allowed, capsys):
+    from launch.sweep import parse_args
+
+    with pytest.raises(SystemExit) as exit:
+        parse_args([flag, value, "--dry-run"])
+    assert exit.value.code == 2
+    error = capsys.readouterr().err.splitlines()[-1]
+    assert f": error: argument {flag}: " in error, error
+    assert (f"give a value {allowed}" if allowed else "is not a whole number: give one >= 1") in error, error

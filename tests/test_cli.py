@@ -196,4 +196,4 @@ def test_fused_sweep_then_unfused_rerun_trains_nothing(tmp_path):
     bad = subprocess.run(
         [*sweep_cmd(tmp_path, *args), "--fuse", "0"], capture_output=True, text=True, cwd=REPO
     )
-    assert bad.returncode == 2 and "--fuse 0" in bad.stderr
+    assert bad.returncode == 2 and "argument --fuse: 0 is out of range: give a value >= 1" in bad.stderr
