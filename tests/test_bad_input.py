@@ -213,3 +213,16 @@ def test_every_numeric_flag_has_its_range(flag, value, allowed, capsys):
     error = capsys.readouterr().err.splitlines()[-1]
     assert f": error: argument {flag}: " in error, error
     assert (f"give a value {allowed}" if allowed else "is not a whole number: give one >= 1") in error, error
+
+
+def test_dry_run_names_fine_classes_a_folder_map_leaves_out_or_maps_twice(tmp_path):
+    from tests.test_data import _tree
+
+    tree = _tree(tmp_path / "tree", classes=("cat", "dog", "car", "bus"), per_class=1)
+    coarse_map = tmp_path / "map.json"
+    coarse_map.write_text(json.dumps({"animal": ["cat", "dog"], "pet": ["dog"], "vehicle": ["car"]}))
+    proc = front_door("--data", f"folder:{tree}:{coarse_map}", "--dry-run", out=tmp_path, expect=2)
+    (error,) = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert "fine class 'dog' is listed under 'animal' and 'pet'" in error
+    assert "fine classes ['bus'] are in no coarse class" in error
+    assert "Fix: list each fine class of the data under exactly one coarse class" in error

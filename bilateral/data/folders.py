@@ -100,6 +100,14 @@ def read_image_tree(source: Path, cache_dir: Path) -> ImageTree:
     )
 
 
+def tree_class_names(source: Path) -> list[str] | None:
+    """The fine classes of an unpacked tree from its folder names alone (train/<class>/ holding an
+    image), for --dry-run; None for an archive, which only a full read would list."""
+    if source.is_file():
+        return None
+    return sorted({fine for split, fine, _ in _tree_files(source) if split == "train"})
+
+
 def read_coarse_map(path: Path) -> dict[str, list[str]]:
     """Read a {coarse: [fine, ...]} JSON file."""
     try:

@@ -178,33 +178,26 @@ def fine_to_coarse_from_map(
     """
     index = {name: i for i, name in enumerate(fine_names)}
     coarse_names = list(coarse_to_fine)
-    owner: dict[str, str] = {}
+    owners: dict[str, list[str]] = {}
     fine_to_coarse = np.full(len(fine_names), -1, dtype=np.int64)
+    problems = [f"coarse class '{c}' lists no fine classes" for c in coarse_names if not coarse_to_fine[c]]
     for c, coarse in enumerate(coarse_names):
-        members = coarse_to_fine[coarse]
-        if not members:
-            raise DataError(
-                f"coarse map: coarse class '{coarse}' lists no fine classes. "
-                "Fix: give it at least one fine class or remove it."
-            )
-        for fine in members:
-            if fine not in index:
-                raise DataError(
-                    f"coarse map: coarse class '{coarse}' names fine class '{fine}', which does not "
-                    f"exist (the data has {sorted(index)}). Fix: correct the name in the map."
-                )
-            if fine in owner:
-                raise DataError(
-                    f"the coarse map is not a function: fine class '{fine}' is listed "
-                    f"under both '{owner[fine]}' and '{coarse}'. Fix: keep it under one coarse class."
-                )
-            owner[fine] = coarse
-            fine_to_coarse[index[fine]] = c
-    missing = [name for name in fine_names if name not in owner]
+        for fine in coarse_to_fine[coarse]:
+            owners.setdefault(fine, []).append(coarse)
+            if fine in index:
+                fine_to_coarse[index[fine]] = c
+    unknown = sorted(f for f in owners if f not in index)
+    if unknown:
+        problems.append(f"fine classes {unknown} do not exist (the data has {sorted(index)})")
+    twice = {f: c for f, c in owners.items() if len(c) > 1}
+    problems += [f"fine class '{f}' is listed under {' and '.join(map(repr, c))}" for f, c in twice.items()]
+    missing = [name for name in fine_names if name not in owners]
     if missing:
+        problems.append(f"fine classes {missing} are in no coarse class")
+    if problems:
         raise DataError(
-            f"coarse map: fine classes {missing} are missing from the coarse map. "
-            "Fix: list each of them under one coarse class."
+            f"coarse map: {'; '.join(problems)}. Fix: list each fine class of the data under exactly one "
+            "coarse class, by its folder name"
         )
     return fine_to_coarse, coarse_names
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 from bilateral.data.cifar10 import ARCHIVE, COARSE_MAPS, load_cifar10
 from bilateral.data.cifar100 import download_cifar100, load_cifar100, locate_cifar100
-from bilateral.data.folders import read_coarse_map, read_image_tree, resolve_source
-from bilateral.data.hierarchy import HierarchicalDataset
+from bilateral.data.folders import read_coarse_map, read_image_tree, resolve_source, tree_class_names
+from bilateral.data.hierarchy import HierarchicalDataset, fine_to_coarse_from_map
 from bilateral.data.navon import CLASSES as NAVON_CLASSES
 from bilateral.data.navon import check_size, make_navon
 from bilateral.data.synthetic import PATTERNS, TEXTURES, make_synthetic
@@ -63,9 +63,11 @@ def check_dataset_spec(spec: str) -> None:
         resolve_source(paths[0], ARCHIVE)
     elif name == "cifar100" and paths:
         locate_cifar100(paths[0])
-    elif name == "folder":
-        resolve_source(paths[0])
-        read_coarse_map(paths[1])
+    elif name == "folder":  # every fine class under exactly one coarse class
+        classes = tree_class_names(resolve_source(paths[0]))
+        coarse_map = read_coarse_map(paths[1])
+        if classes is not None:
+            fine_to_coarse_from_map(coarse_map, classes)
 
 
 def class_counts(spec: str) -> tuple[int, int] | None:
