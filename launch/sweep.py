@@ -118,6 +118,7 @@ def resolve_config(args: argparse.Namespace) -> SweepConfig:
 def preflight(cfg: SweepConfig, plan: Plan) -> None:
     """Fail before any training on what would fail every run: the data, and every architecture."""
     from bilateral.assemble import build_model
+    from bilateral.data.loaders import check_loader
     from bilateral.train import check_batches, make_splits, run_data
 
     trained = [s for s in plan.runs if s.trains]
@@ -125,6 +126,7 @@ def preflight(cfg: SweepConfig, plan: Plan) -> None:
     data = run_data(trained[0].data if trained else cfg.data, cfg.data_dir)
     if trained:
         check_batches(make_splits(data, trained[0]), trained[0])  # one data and train config per sweep
+        check_loader(trained[0].data.loader, data.train.images.shape[1], data.flip_invariant)
     for spec in {(s.kind, s.backbone, s.right_backbone): s for s in trained}.values():
         build_model(spec, data.num_fine, data.num_coarse)
 

@@ -226,3 +226,15 @@ def test_dry_run_names_fine_classes_a_folder_map_leaves_out_or_maps_twice(tmp_pa
     assert "fine class 'dog' is listed under 'animal' and 'pet'" in error
     assert "fine classes ['bus'] are in no coarse class" in error
     assert "Fix: list each fine class of the data under exactly one coarse class" in error
+
+
+def test_ffcv_with_data_it_cannot_serve_stops_before_training(tmp_path):
+    pytest.importorskip("ffcv")  # without it, the sweep asks for it first
+    args = ["--data", "navon", "--loader", "ffcv", f"data_dir={tmp_path / 'data'}", "train.epochs=1"]
+    proc = front_door("--models", "unilateral", "--seeds", "0", *args, out=tmp_path, expect=2)
+    assert (
+        "error: data.loader=ffcv crops and flips 32x32 images, and this data is 32x32 with labels a flip "
+        in (proc.stderr)
+    )
+    assert "Fix: use data.loader=memory" in proc.stderr
+    assert not list(tmp_path.rglob("*.beton")) and not list(tmp_path.rglob("checkpoints"))

@@ -38,6 +38,16 @@ class Loader(Protocol):
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]: ...
 
 
+def check_loader(kind: str, size: int, flip: bool) -> None:
+    """The ffcv and torch loaders crop and flip 32x32 images: refuse other data before any run (the
+    front door's preflight) rather than in each run, after its .beton files were written."""
+    if kind != "memory" and (size != 32 or not flip):
+        raise ConfigError(
+            f"data.loader={kind} crops and flips 32x32 images, and this data is {size}x{size}"
+            f"{'' if flip else ' with labels a flip changes'}. Fix: use data.loader=memory"
+        )
+
+
 def make_loader(
     kind: str,
     split: HierarchicalSplit,
@@ -56,12 +66,7 @@ def make_loader(
     """
     if kind == "memory":
         return DeviceLoader(split, indices, opts)
-    size = split.images.shape[1]
-    if size != 32 or not opts.flip:
-        raise ConfigError(
-            f"data.loader={kind} crops and flips 32x32 images, and this data is {size}x{size}"
-            f"{'' if opts.flip else ' with labels a flip changes'}. Fix: use data.loader=memory"
-        )
+    check_loader(kind, split.images.shape[1], opts.flip)
     if kind == "torch":
         from bilateral.data.torch_loader import TorchLoader
 
