@@ -354,7 +354,8 @@ def where_it_stands(signal_name: str, plan: Plan, store: SweepStore) -> str:
                 started[spec.run_id] = str(exc)
     lines = [
         f"stopped by {signal_name}: {len(finished)} of {len(plan.runs)} runs finished and kept in "
-        f"{store.root}; {len(plan.runs) - len(finished) - len(started)} not started"
+        f"{store.root}; {len(plan.runs) - len(finished) - len(started)} with no checkpoint yet (they "
+        "start over)"
     ]
     lines += [f"  {run_id}: {where}" for run_id, where in started.items()]
     lines.append("Rerun the same command to resume: finished runs are skipped.")

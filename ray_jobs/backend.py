@@ -13,12 +13,14 @@ import argparse
 import logging
 import math
 import os
+import signal
 from pathlib import Path
 
 from bilateral.config import SweepConfig
 from bilateral.errors import ConfigError
 from bilateral.experiment import Plan, RunSpec, group_name
 from bilateral.flags import ranged
+from bilateral.interrupt import Interrupted
 from bilateral.placement import Offer, Placement, place
 from bilateral.store import RunStore, SweepStore
 from bilateral.sweep import fusion_groups, run_sweep
@@ -267,7 +269,12 @@ class TuneExecutor:
         # no TensorBoard events of Tune's own: every run writes its own (bilateral/tracking.py), and
         # a second copy under results/<sweep>/ray would show each run twice in `tensorboard --logdir`
         os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
-        results = tuner.fit()
+        try:
+            results = tuner.fit()
+        except SystemError as exc:  # SIGTERM or Ctrl-C inside Ray's Cython wait arrives wrapped in this
+            if isinstance(exc.__cause__, Interrupted):
+                raise exc.__cause__ from None
+            raise
         failed = {}
         for result in results:
             for spec in groups[result.config["group"]]:
@@ -306,6 +313,10 @@ def run(args: argparse.Namespace, cfg: SweepConfig, plan: Plan, store: SweepStor
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # token auth: Ray's default or the user's (auth.py)
     started_here = not ray.is_initialized()
+    # Ctrl-C and SIGTERM stop the sweep at once, saying what it keeps (launch/sweep.py): not Tune's
+    # graceful stop of the trials, nor ray.init's SIGTERM handler, which aborts the driver with a dump
+    os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
+    driver_sigterm = signal.getsignal(signal.SIGTERM)
     if started_here:
         # Workers import this repository: a submitted job ships it as its working_dir; a driver
         # started by hand points workers at this checkout (the same path on every node).
@@ -320,6 +331,8 @@ def run(args: argparse.Namespace, cfg: SweepConfig, plan: Plan, store: SweepStor
                 raise connect_error(args.address, exc) from None
         else:  # a new local cluster: Ray >= 2.60 turns token auth on (~/.ray/auth_token) unless told not to
             ray.init(num_cpus=args.num_cpus, runtime_env=runtime_env)
+        if callable(driver_sigterm):
+            signal.signal(signal.SIGTERM, driver_sigterm)
     try:
         resources = ray.cluster_resources()
         placement = ray_placement(args, cfg, resources)

@@ -25,18 +25,21 @@ ARGS = [
 ]
 
 
-def signal_when(out, ready, signum: int) -> tuple[subprocess.Popen, str, float]:
+def signal_when(out, ready, signum: int, *more: str) -> tuple[subprocess.Popen, str, float]:
     """Start the sweep, send it signum once ready() holds, and return (the process, its stderr, seconds
     from the signal to its exit)."""
-    proc = subprocess.Popen(sweep_cmd(out, *ARGS), stderr=subprocess.PIPE, text=True, cwd=REPO)
+    log = out / f"sweep-{time.monotonic_ns()}.log"  # a file, not a pipe that a chatty child could fill
+    with open(log, "w") as err:
+        proc = subprocess.Popen(sweep_cmd(out, *ARGS, *more), stderr=err, stdout=subprocess.DEVNULL, cwd=REPO)
     try:
+        deadline = time.monotonic() + 300
         while not ready():
-            assert proc.poll() is None, proc.stderr.read()[-3000:]
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
             time.sleep(0.05)
         proc.send_signal(signum)
         sent = time.monotonic()
-        _, stderr = proc.communicate(timeout=60)
-        return proc, stderr, time.monotonic() - sent
+        proc.wait(timeout=60)
+        return proc, log.read_text(), time.monotonic() - sent
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -87,3 +90,15 @@ def test_sigterm_and_ctrl_c_mid_epoch_keep_everything_and_a_rerun_resumes(tmp_pa
     assert first.path("record.json").read_bytes() == kept  # not retrained
     record = second.read_record()
     assert record["resumed_from_epoch"] == 2 and [m["epoch"] for m in second.read_metrics()] == [0, 1, 2]
+
+
+def test_sigterm_to_a_ray_driver_mid_epoch(tmp_path):
+    """Ray's own handlers would abort the driver with a core dump (SIGTERM) or stop Tune gracefully
+    and report the runs as failed (Ctrl-C): the driver keeps the sweep's."""
+    store = SweepStore(tmp_path / "t")
+    ray = ["--seeds", "0", "--cluster", "ray", "--num-cpus", "1", "--device", "cpu"]
+    proc, stderr, took = signal_when(tmp_path, checkpointed(store, 0, 0), signal.SIGTERM, *ray)
+    assert proc.returncode == 128 + signal.SIGTERM and took < 30, stderr[-3000:]
+    assert "Traceback" not in stderr and "stopped by SIGTERM: 0 of 1 runs finished" in stderr, stderr[-3000:]
+    run = run_of_seed(store, 0)
+    assert f"{run.run_id}: resumes after epoch 1" in stderr and run.checkpoint_epoch("last") == 0
