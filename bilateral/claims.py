@@ -32,13 +32,11 @@ class Claims:
         self.held: dict[str, FileLock] = {}
         self.unsupported = ""  # why claims are off: a filesystem without locks
 
-    def take(self, specs: list[RunSpec], limit: int | None = None) -> list[RunSpec]:
-        """Claim up to `limit` of the specs (all when None) that no other process holds and that are
-        still unfinished; returns those now held by this process."""
+    def take(self, specs: list[RunSpec]) -> list[RunSpec]:
+        """Claim those of the specs that no other process holds and that are still unfinished;
+        returns those now held by this process."""
         taken: list[RunSpec] = []
         for spec in specs:
-            if limit is not None and len(taken) >= limit:
-                break
             if self._acquire(spec.run_id):
                 if self.store.run(spec.run_id).is_finished():  # its owner finished it meanwhile
                     self.release([spec])

@@ -18,7 +18,8 @@ from bilateral.train import run_group
 log = logging.getLogger(__name__)
 
 # Runs the given specs (in any order or in parallel) and returns {run_id: error text} for those that failed.
-# An executor may say how many runs it takes per call (`batch`, default all): the claims it is given.
+# An executor may split them into the groups it trains together (`groups(specs)`, default one group
+# of all): the runs a sweep claims at a time (bilateral.claims).
 StageExecutor = Callable[[list[RunSpec]], dict[str, str]]
 WAIT_S = 5.0  # how often a sweep looks again at runs another sweep on its directory is training
 
@@ -59,8 +60,9 @@ def run_claimed(
     sweep on this directory claimed, and take over any it leaves unfinished (it stopped or crashed)."""
     failed: dict[str, str] = {}
     said = ""
+    split = getattr(execute, "groups", lambda specs: [specs])
     while todo := [s for s in todo if s.run_id not in failed and not store.run(s.run_id).is_finished()]:
-        mine = claims.take(todo, getattr(execute, "batch", None))
+        mine = next((taken for group in split(todo) if (taken := claims.take(group))), [])
         if mine:
             try:
                 failed.update(execute(mine))
@@ -151,15 +153,18 @@ class InProcessExecutor:
         placement: Placement | None = None,
     ):
         self.store, self.device, self.data_dir, self.fuse = store, device, data_dir, fuse
-        self.batch = fuse  # claims taken per call: one group, so a second sweep can take the next
         self.placement = placement
         finished = sum(store.run(s.run_id).is_finished() for s in plan.runs)
         self.done, self.total = finished, len(plan.runs)
         self.progress = progress.bar(total=self.total, initial=finished, desc="runs done", unit="run")
 
+    def groups(self, specs: list[RunSpec]) -> list[list[RunSpec]]:
+        """The fused groups it trains, claimed one at a time, so that a second sweep takes the next."""
+        return fusion_groups(specs, self.fuse, self.store)
+
     def __call__(self, specs: list[RunSpec]) -> dict[str, str]:
         failed = {}
-        for group in fusion_groups(specs, self.fuse, self.store):
+        for group in self.groups(specs):
             self.progress.set_postfix_str(group_name(group))
             failed.update(run_logged(group, self.store, self.device, self.data_dir, placement=self.placement))
             self.progress.update(len(group))

@@ -10,6 +10,7 @@ import time
 from bilateral.claims import Claims
 from bilateral.experiment import build_plan
 from bilateral.store import SweepStore
+from bilateral.sweep import run_claimed
 from tests.conftest import REPO, sweep_cmd, tiny_config
 
 SMALL = [
@@ -24,6 +25,7 @@ SMALL = [
 HOLD = """
 import sys, time, types
 from bilateral.claims import Claims
+from bilateral.sweep import run_claimed
 from bilateral.store import SweepStore
 claims = Claims(SweepStore(sys.argv[1]))
 assert claims.take([types.SimpleNamespace(run_id=sys.argv[2])])
@@ -32,8 +34,8 @@ time.sleep(600)
 """
 
 
-def unilateral_runs():
-    plan = build_plan(tiny_config("plan.models=[unilateral]", "plan.seeds=[0,1]", *SMALL))
+def unilateral_runs(seeds: str = "0,1"):
+    plan = build_plan(tiny_config("plan.models=[unilateral]", f"plan.seeds=[{seeds}]", *SMALL))
     return sorted(plan.runs, key=lambda s: s.seed)
 
 
@@ -41,12 +43,36 @@ def test_a_claim_is_exclusive_and_a_finished_run_is_not_claimed(tmp_path):
     specs = unilateral_runs()
     store = SweepStore(tmp_path)
     mine, other = Claims(store), Claims(store)
-    assert mine.take(specs, limit=1) == specs[:1]
+    assert mine.take(specs[:1]) == specs[:1]
     assert other.take(specs) == specs[1:]  # the first is held
     assert f"pid {os.getpid()} on " in other.holders(specs[:1])
     mine.release(specs[:1])
     store.run(specs[0].run_id).write_record({"run_id": specs[0].run_id})
     assert Claims(store).take(specs[:1]) == []  # released, but finished meanwhile
+
+
+def test_a_sweep_claims_a_group_at_a_time_and_the_rest_of_one_another_holds_part_of(tmp_path):
+    """The local executor trains fused groups: a sweep claims one group at a time (a second sweep
+    takes the next), and of a group another sweep holds in part, the members it does not hold."""
+    a, b, c = unilateral_runs("0,1,2")
+    store, other = SweepStore(tmp_path), Claims(SweepStore(tmp_path))
+    assert other.take([a]) == [a]
+    calls = []
+
+    class Recorder:
+        def groups(self, specs):
+            return [g for g in ([s for s in specs if s.seed < 2], [s for s in specs if s.seed == 2]) if g]
+
+        def __call__(self, specs):
+            calls.append([s.seed for s in specs])
+            for spec in specs:
+                store.run(spec.run_id).write_record({"run_id": spec.run_id})
+            if len(calls) == 2:
+                other.release([a])  # the other sweep stops: this one takes its run over
+            return {}
+
+    assert run_claimed([a, b, c], store, Claims(store), Recorder()) == {}
+    assert calls == [[1], [2], [0]]
 
 
 def until(condition, timeout: float, proc: subprocess.Popen, log) -> None:
