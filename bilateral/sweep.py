@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 from bilateral import progress
 from bilateral.claims import Claims
-from bilateral.errors import CheckpointError, DamagedFileError, DiskFullError, describe_failure
+from bilateral.errors import CheckpointError, ConfigError, DamagedFileError, DiskFullError, describe_failure
 from bilateral.experiment import Plan, RunSpec, group_name
 from bilateral.placement import Placement
 from bilateral.store import SweepStore
@@ -27,7 +27,6 @@ WAIT_S = 5.0  # how often a sweep looks again at runs another sweep on its direc
 def run_sweep(plan: Plan, store: SweepStore, execute: StageExecutor) -> dict[str, str]:
     """Run every unfinished run of the plan; returns {run_id: error} of runs that failed or were blocked."""
     failed: dict[str, str] = damaged_records(plan, store)
-    warn_unpaired(plan, store)
     claims = Claims(store)
     for number, stage in enumerate(plan.stages, 1):
         todo = [s for s in stage if not store.run(s.run_id).is_finished()]
@@ -105,21 +104,34 @@ def damaged_records(plan: Plan, store: SweepStore) -> dict[str, str]:
     return damaged
 
 
-def warn_unpaired(plan: Plan, store: SweepStore) -> None:
-    """A directory of a sweep from before paired data orders: its runs keep their place, but a paired
-    plan has other run ids, so it trains them anew; say so, and how to resume the old sweep instead."""
-    if not plan.runs or plan.runs[0].data.pairing != "seed" or not store.root.is_dir():
+def check_one_configuration(plan: Plan, store: SweepStore) -> None:
+    """Refuse a plan whose runs would share a sweep directory with finished runs of the same row,
+    seed and pool member trained under other settings: the table would pool both as seeds of one
+    row. (Extending seeds or rows keeps every run id, so it passes.)"""
+    if not store.root.is_dir():
         return
     records, _ = store.read_records()
-    old = [r for r in records if "pairing" not in r.get("spec", {}).get("data", {})]
-    if old:
-        log.warning(
-            "%s holds %d finished run(s) trained before paired data orders (each run its own data "
-            "order): this sweep trains paired runs beside them and leaves those out of its plan. To "
-            "resume the old sweep as it was, rerun with data.pairing=run",
-            store.root,
-            len(old),
-        )
+    finished = {(r["model"], r["backbone"], r["seed"], r["member"]): r for r in records}
+    clashes = [
+        (spec, finished[key])
+        for spec in plan.runs
+        if (key := (spec.model_name, spec.backbone_name, spec.seed, spec.member)) in finished
+        and finished[key]["run_id"] != spec.run_id
+    ]
+    if not clashes:
+        return
+    spec, old = clashes[0]
+    before = "data.pairing=run (trained before paired data orders), " if _unpaired(old) else ""
+    raise ConfigError(
+        f"{store.root} already holds {len(clashes)} finished run(s) of this sweep's rows trained under "
+        f"other settings (e.g. {old['run_id']}, where this sweep would train {spec.run_id}); one table "
+        f"would pool them as seeds of one row. Fix: pass another --name, or rerun with the settings "
+        f"those runs had ({before}see {store.root / 'sweep.json'}), or delete {store.root}"
+    )
+
+
+def _unpaired(record: dict) -> bool:
+    return "pairing" not in record.get("spec", {}).get("data", {})
 
 
 def fusion_groups(specs: list[RunSpec], k: int, store: SweepStore) -> list[list[RunSpec]]:

@@ -38,7 +38,7 @@ from bilateral.placement import Offer, Placement, local_offer, place
 from bilateral.reach import check_mlflow, check_wandb
 from bilateral.report import markdown, runs_table, write_report
 from bilateral.store import SweepStore
-from bilateral.sweep import InProcessExecutor, fusion_groups, run_sweep
+from bilateral.sweep import InProcessExecutor, check_one_configuration, fusion_groups, run_sweep
 
 log = logging.getLogger("sweep")
 
@@ -296,6 +296,7 @@ def main(argv: list[str]) -> int:
     check_declared(cfg)  # a contrast naming no row fails now, not in the report after training
     store = SweepStore(Path(cfg.out) / cfg.name)
     check_output_paths(cfg, store)
+    check_one_configuration(plan, store)  # runs of other settings in this folder: refused, not pooled
     if args.dry_run:
         check_dataset_spec(cfg.data.source)
         print(f"sweep {cfg.name} -> {store.root}\n{rows_table(plan, cfg.data.source)}\n{plan.describe()}")

@@ -238,3 +238,33 @@ def test_ffcv_with_data_it_cannot_serve_stops_before_training(tmp_path):
     )
     assert "Fix: use data.loader=memory" in proc.stderr
     assert not list(tmp_path.rglob("*.beton")) and not list(tmp_path.rglob("checkpoints"))
+
+
+def test_a_rerun_with_other_settings_under_one_name_is_refused_not_pooled(tmp_path):
+    """Two configurations under one --name would be pooled as seeds of one row: the second is
+    refused before it trains or writes anything; more seeds under the same settings are not."""
+    first = subprocess.run(
+        sweep_cmd(tmp_path, "--models", "hemisphere-fine", "--seeds", "0", "train.epochs=1"),
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
+    assert first.returncode == 0, first.stderr[-2000:]
+    plan_file = tmp_path / "t" / "sweep.json"
+    written = plan_file.read_text()
+    other = subprocess.run(
+        sweep_cmd(tmp_path, "--models", "hemisphere-fine", "--seeds", "0,1", "train.epochs=2"),
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
+    assert other.returncode == 2 and "Traceback" not in other.stderr
+    assert "pool" in other.stderr and "--name" in other.stderr
+    assert plan_file.read_text() == written and len(list((tmp_path / "t" / "runs").iterdir())) == 1
+    more = subprocess.run(
+        sweep_cmd(tmp_path, "--models", "hemisphere-fine", "--seeds", "0,1", "train.epochs=1", "--dry-run"),
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
+    assert more.returncode == 0, more.stderr[-2000:]

@@ -85,19 +85,22 @@ def test_sweeps_from_before_pairing_keep_their_run_ids():
     assert paired.runs[0].run_id != plan.runs[0].run_id
 
 
-def test_old_sweep_directory_is_named_with_its_fix(tmp_path, caplog):
-    from bilateral.sweep import run_sweep
+def test_old_sweep_directory_is_refused_with_its_fix(tmp_path):
+    """A folder of runs trained before paired data orders: a paired plan has other run ids for the
+    same rows and seeds, so it is refused (one table would pool both), naming data.pairing=run."""
+    from bilateral.errors import ConfigError
+    from bilateral.sweep import check_one_configuration
 
     old_cfg = tiny_config("data.pairing=run", "plan.models=[hemisphere-fine]", "train.epochs=1")
     store = SweepStore(tmp_path)
-    run(build_plan(old_cfg).runs[0], store, device="cpu", data_dir=old_cfg.data_dir)
-    new_plan = build_plan(tiny_config("plan.models=[hemisphere-fine]"))
-    record = store.run(build_plan(old_cfg).runs[0].run_id).read_record()
+    old = build_plan(old_cfg).runs[0]
+    run(old, store, device="cpu", data_dir=old_cfg.data_dir)
+    record = store.run(old.run_id).read_record()
     record["spec"]["data"].pop("pairing")  # as written before pairing existed
-    store.run(record["run_id"]).write_record(record)
-    with caplog.at_level("WARNING"):
-        run_sweep(new_plan, store, lambda specs: {s.run_id: "not run in this test" for s in specs})
-    assert "data.pairing=run" in caplog.text and "1 finished run" in caplog.text
+    store.run(old.run_id).write_record(record)
+    with pytest.raises(ConfigError, match="data.pairing=run"):
+        check_one_configuration(build_plan(tiny_config("plan.models=[hemisphere-fine]")), store)
+    check_one_configuration(build_plan(old_cfg), store)  # the old settings resume it
 
 
 @pytest.mark.parametrize("value", ["both", ""])
