@@ -21,7 +21,6 @@ import argparse
 import contextlib
 import dataclasses
 import logging
-import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -150,21 +149,10 @@ def tune(
 def ray_cluster(args: argparse.Namespace) -> Iterator[dict]:
     """The Ray cluster at --address, or a local one started here; yields its resources."""
     import ray
-    from ray.exceptions import AuthenticationError
 
-    from ray_jobs.auth import connect_error
+    from ray_jobs.backend import connect
 
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    repo = Path(__file__).resolve().parents[1]
-    in_job = "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ  # a submitted job ships the code itself
-    runtime_env = None if in_job else {"env_vars": {"PYTHONPATH": str(repo)}}
-    if args.address:
-        try:
-            ray.init(address=args.address, runtime_env=runtime_env)
-        except (ConnectionError, AuthenticationError) as exc:
-            raise connect_error(args.address, exc) from None
-    else:
-        ray.init(num_cpus=args.num_cpus, runtime_env=runtime_env)
+    connect(args.address, args.num_cpus)
     try:
         yield ray.cluster_resources()
     finally:

@@ -301,9 +301,30 @@ def _failure_text(run_store: RunStore, error: BaseException | None) -> str:
     return text
 
 
-def run(args: argparse.Namespace, cfg: SweepConfig, plan: Plan, store: SweepStore) -> dict[str, str]:
+def connect(address: str | None, num_cpus: int | None) -> None:
+    """ray.init on the cluster at address (checked first: ray.init retries an address where nothing
+    listens for minutes), or on a new local one; workers import this repository."""
     import ray
     from ray.exceptions import AuthenticationError
+
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # token auth: Ray's default or the user's (auth.py)
+    # a submitted job ships the repository as its working_dir; a driver started by hand points
+    # workers at this checkout (the same path on every node)
+    in_job = "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ
+    repo = Path(__file__).resolve().parents[1]
+    runtime_env = None if in_job else {"env_vars": {"PYTHONPATH": str(repo)}}
+    if address:
+        check_ray_address(address)
+        try:
+            ray.init(address=address, runtime_env=runtime_env)
+        except (ConnectionError, AuthenticationError) as exc:
+            raise connect_error(address, exc) from None
+    else:  # a new local cluster: Ray >= 2.60 turns token auth on (~/.ray/auth_token) unless told not to
+        ray.init(num_cpus=num_cpus, runtime_env=runtime_env)
+
+
+def run(args: argparse.Namespace, cfg: SweepConfig, plan: Plan, store: SweepStore) -> dict[str, str]:
+    import ray
 
     if args.fuse > 1 and args.workers_per_run > 1:
         raise ConfigError(
@@ -311,26 +332,13 @@ def run(args: argparse.Namespace, cfg: SweepConfig, plan: Plan, store: SweepStor
             "trains in one process; use one of them"
         )
 
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # token auth: Ray's default or the user's (auth.py)
     started_here = not ray.is_initialized()
     # Ctrl-C and SIGTERM stop the sweep at once, saying what it keeps (launch/sweep.py): not Tune's
     # graceful stop of the trials, nor ray.init's SIGTERM handler, which aborts the driver with a dump
     os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
     driver_sigterm = signal.getsignal(signal.SIGTERM)
     if started_here:
-        # Workers import this repository: a submitted job ships it as its working_dir; a driver
-        # started by hand points workers at this checkout (the same path on every node).
-        in_job = "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ
-        repo = Path(__file__).resolve().parents[1]
-        runtime_env = None if in_job else {"env_vars": {"PYTHONPATH": str(repo)}}
-        if args.address:
-            check_ray_address(args.address)  # ray.init retries an address where nothing listens for minutes
-            try:
-                ray.init(address=args.address, runtime_env=runtime_env)
-            except (ConnectionError, AuthenticationError) as exc:
-                raise connect_error(args.address, exc) from None
-        else:  # a new local cluster: Ray >= 2.60 turns token auth on (~/.ray/auth_token) unless told not to
-            ray.init(num_cpus=args.num_cpus, runtime_env=runtime_env)
+        connect(args.address, args.num_cpus)
         if callable(driver_sigterm):
             signal.signal(signal.SIGTERM, driver_sigterm)
     try:
