@@ -5,17 +5,14 @@ import json
 
 import numpy as np
 import pandas as pd
-import pytest
 import torch
 
 from bilateral.analysis import run_analysis
 from bilateral.analysis.probes import probe_accuracy
 from bilateral.data import DeviceLoader, LoaderOptions, load_dataset, stratified_subset
-from bilateral.errors import ConfigError
-from bilateral.experiment import build_plan
 from bilateral.models import build_backbone
 from bilateral.models.ssl import SimCLRNet, random_views
-from tests.conftest import CIFAR10_JPG, REPO, navon_comparison, tiny_config
+from tests.conftest import CIFAR10_JPG, REPO, navon_comparison
 
 
 def test_views_change_every_image_differently_and_repeat_with_the_same_generator():
@@ -96,3 +93,55 @@ def test_the_unsupervised_comparison_on_navon_gives_a_row_per_comparison_row_and
     spec_right = probes[(probes["model"] == "bilateral-specialised") & (probes["hemisphere"] == "right")]
     alone = probes[probes["model"] == "hemisphere-coarse"]
     assert np.allclose(spec_right["probe_coarse"].to_numpy(), alone["probe_coarse"].to_numpy())
+
+
+def _ntxent_rank(rank: int, port: int, z: torch.Tensor, out: str) -> None:
+    """One gloo rank: NT-Xent of its half of the projections, and their gradient."""
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    n = len(z) // 2 // 2  # images per rank; z holds [view 1 of all images; view 2 of all images]
+    half = len(z) // 2
+    mine = torch.cat([z[rank * n : (rank + 1) * n], z[half + rank * n : half + (rank + 1) * n]])
+    mine = mine.clone().requires_grad_(True)
+    criterion = SimCLRNet(build_backbone("resnet9", width=0.125)).criterion
+    loss = criterion(mine[:n], mine[n:])
+    loss.backward()
+    torch.save({"loss": loss.detach(), "grad": mine.grad}, f"{out}/rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+def test_simclr_under_ddp_contrasts_each_image_with_the_whole_global_batch(tmp_path):
+    """Two ranks with half a batch each give the one-process loss of the whole batch (the mean of
+    their losses) and its gradient (DDP averages the ranks' gradients): without gathering each rank
+    would contrast its own half only."""
+    import multiprocessing
+    import socket
+
+    torch.manual_seed(0)
+    images = 8
+    z = torch.randn(2 * images, 16)  # [view 1; view 2] of 8 images
+    whole = z.clone().requires_grad_(True)
+    criterion = SimCLRNet(build_backbone("resnet9", width=0.125)).criterion
+    loss = criterion(whole[:images], whole[images:])
+    loss.backward()
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ctx = multiprocessing.get_context("spawn")
+    ranks = [ctx.Process(target=_ntxent_rank, args=(r, port, z, str(tmp_path))) for r in range(2)]
+    for p in ranks:
+        p.start()
+    for p in ranks:
+        p.join(60)
+        assert p.exitcode == 0
+    parts = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    assert torch.allclose((parts[0]["loss"] + parts[1]["loss"]) / 2, loss.detach(), atol=1e-5)
+    n = images // 2
+    for r, part in enumerate(parts):  # each rank's gradient of its own rows, averaged over 2 ranks
+        expected = torch.cat(
+            [whole.grad[r * n : (r + 1) * n], whole.grad[images + r * n : images + (r + 1) * n]]
+        )
+        assert torch.allclose(part["grad"] / 2, expected, atol=1e-6)

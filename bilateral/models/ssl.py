@@ -5,6 +5,10 @@ training loop adds that loss to the (absent) cross-entropies and the evaluation 
 checkpoint by the same loss on the validation images: no label is ever read. The views are made on
 the batch, on its device, per image: a random resized crop (scale 0.3-1, via an affine grid) and
 brightness/contrast jitter, on top of the loader's own crop and flip.
+
+Under DDP each rank holds its share of the global batch; the loss gathers every rank's projections
+(lightly's `gather_distributed`, with gradients), so each image is contrasted with the whole global
+batch as in one process, and 1-worker and N-worker runs optimise the same objective.
 """
 
 from __future__ import annotations
@@ -52,7 +56,7 @@ class SimCLRNet(nn.Module):
         self.backbone = backbone
         dim = backbone.out_dim
         self.projection = SimCLRProjectionHead(dim, dim, projection_dim)
-        self.criterion = NTXentLoss(temperature=temperature)
+        self.criterion = NTXentLoss(temperature=temperature, gather_distributed=True)
         self.heads = nn.ModuleDict()  # no classifier: the analysis reads features() alone
 
     def features(self, x: Tensor) -> Tensor:
