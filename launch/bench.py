@@ -411,6 +411,11 @@ def _print_projections(rates: dict[str, float], variants: list[dict], data, indi
     print(tabulate(rows, headers="keys", tablefmt="github"))
 
 
+def _first_line(exc: Exception) -> str:
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0][:200] if lines else ''}"
+
+
 def bench_train(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     width = args.width or (1.0 if device.type == "cuda" else 0.25)
@@ -438,16 +443,32 @@ def bench_train(args: argparse.Namespace) -> int:
           f"per model, Adam, device {device}; {args.warmup} warm-up steps, then {args.rounds} rounds of "
           f"{args.steps} timed steps of every variant in turn: the median, and spread = (max - min) / "
           "median")  # fmt: skip
-    runners = []
+    runners: dict[str, TrainingSteps] = {}
+    failures: dict[str, str] = {}  # a failing variant (compile, no compiler) loses its own row only
     for variant in variants:
-        runners.append(TrainingSteps(variant, args, data, indices, device, width))
-        print(f"  built and warmed up: {variant['name']}", flush=True)
-    rates: list[list[float]] = [[] for _ in variants]  # images/s of each round
+        try:
+            runners[variant["name"]] = TrainingSteps(variant, args, data, indices, device, width)
+            print(f"  built and warmed up: {variant['name']}", flush=True)
+        except Exception as exc:  # noqa: BLE001 - reported below; the other variants are still timed
+            failures[variant["name"]] = _first_line(exc)
+            print(f"  FAILED to build: {variant['name']}: {failures[variant['name']]}", flush=True)
+    rates: dict[str, list[float]] = {name: [] for name in runners}  # images/s of each round
     for n in range(1, args.rounds + 1):  # in turn, so that every variant meets the same moments
-        for variant, runner, rounds in zip(variants, runners, rates, strict=True):
-            rounds.append(args.steps * runner.images_per_step / runner.time(args.steps))
-            print(f"  round {n}/{args.rounds}, {variant['name']}: {rounds[-1]:,.0f} images/s", flush=True)
-    medians = [float(np.median(rounds)) for rounds in rates]
+        for name, runner in list(runners.items()):
+            try:
+                rates[name].append(args.steps * runner.images_per_step / runner.time(args.steps))
+            except Exception as exc:  # noqa: BLE001 - as above
+                failures[name] = _first_line(exc)
+                print(f"  FAILED in round {n}: {name}: {failures[name]}", flush=True)
+                del runners[name], rates[name]
+                continue
+            print(f"  round {n}/{args.rounds}, {name}: {rates[name][-1]:,.0f} images/s", flush=True)
+    baseline = variants[0]["name"]
+    if baseline not in rates:
+        print(f"the baseline failed, so no ratio can be given: {failures[baseline]}")
+        return 1
+    variants = [v for v in variants if v["name"] in rates]
+    medians = [float(np.median(rates[v["name"]])) for v in variants]
     rows = [
         {
             "variant": variant["name"],
@@ -457,12 +478,14 @@ def bench_train(args: argparse.Namespace) -> int:
             "TFLOP/s": f"{rate * gflop / 1e3:.3g}",  # against the device's peak: how close (never 0.00)
             "spread": f"{100 * (max(rounds) - min(rounds)) / rate:.0f}%",
         }
-        for variant, runner, rounds, rate in zip(variants, runners, rates, medians, strict=True)
+        for variant, rate in zip(variants, medians, strict=True)
+        for runner, rounds in [(runners[variant["name"]], rates[variant["name"]])]
     ]
+    rows += [{"variant": name, "images/s": f"FAILED: {why}"} for name, why in failures.items()]
     print(tabulate(rows, headers="keys", tablefmt="github"))
     rates_by_name = {variant["name"]: rate for variant, rate in zip(variants, medians, strict=True)}
     _print_projections(rates_by_name, variants, data, indices, device, width)
-    return 0
+    return 1 if failures else 0
 
 
 @contextlib.contextmanager

@@ -24,6 +24,10 @@
 # returns (the machine stays warm only 30 s): 180 + 420 + 300 = 900 s at worst.
 #   run(command='bash launch/gpu_check.sh tests bench', carry=['.device'], timeout_s=420)  # 390 s of limits
 #   run(command='bash launch/gpu_check.sh pack sweep', carry=['.device'], timeout_s=300)   # 270 s of limits
+# Before any stage a preflight imports what the stages need and, for DEVICE=cuda, checks that torch
+# sees a GPU (exit 2 otherwise, naming the fix); a missing C compiler or Python.h, which
+# torch.compile needs, is a warning. bench times each variant apart: one that fails is reported and
+# the others' numbers stand. A tests stage on a GPU that ran no test (all skipped) fails.
 # Exit status 1 when a stage failed (a sweep cut at its time limit is not a failure).
 # Environment: PYTHON (default python3), OUT, DEVICE (default cuda), DEVICE_DIR (default .device),
 # RESULTS (the sweep's --out, default results), CALL_SECONDS, the stage limits above, and the
@@ -58,6 +62,10 @@ stage() {  # stage NAME COMMAND...: run under the stage's limit, log to $OUT/NAM
   local rc=${PIPESTATUS[0]}
   outcomes+=("$name: exit $rc after $((SECONDS - tic)) s")
   [ "$rc" = 0 ] || [ "$name:$rc" = sweep:124 ] || failed+=("$name")  # a sweep cut short resumes
+  if [ "$name" = tests ] && [ "$DEVICE" != cpu ] && ! tail -n 3 "$OUT/tests.log" | grep -Eq '[0-9]+ passed'; then
+    outcomes+=("tests: no GPU test ran (all skipped: no GPU visible to torch)")
+    failed+=(tests)
+  fi
 }
 
 sweep_results() {  # what finished, also of a sweep cut at its limit: summary.csv, runs.csv
@@ -100,7 +108,42 @@ site=$(mktemp -d)
 "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --target "$site" "$DEVICE_DIR"/wheels/*.whl
 export PYTHONPATH="$site:$PWD" PYTHONUNBUFFERED=1
 outcomes=() failed=()
+preflight() {  # before any stage: a lease is too short to learn of a missing piece at its end
+  DEVICE="$DEVICE" "$PYTHON" - <<'PY'
+import importlib, os, shutil, sys, sysconfig
+problems, notes = [], []
+for name in ("torch", "torchvision", "numpy", "pandas", "yaml", "omegaconf", "tabulate", "PIL", "pytest",
+             "bilateral.train", "bilateral.sweep", "bilateral.report"):  # what the stages import
+    try:
+        importlib.import_module(name)
+    except Exception as exc:  # noqa: BLE001 - any failure to import is the finding
+        problems.append(f"import {name}: {type(exc).__name__}: {exc} (install it, or add its wheel to prepare)")
+import torch
+device = os.environ["DEVICE"]
+if device.startswith("cuda") and not torch.cuda.is_available():
+    build = f"a CUDA {torch.version.cuda} build" if torch.version.cuda else "a CPU-only build"
+    problems.append(f"DEVICE={device} but torch {torch.__version__} ({build}) sees no GPU: the GPU tests would "
+                    "all skip and the stages report success; install a torch whose CUDA the driver runs "
+                    "(nvidia-smi shows the driver), or set DEVICE=cpu")
+compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+headers = os.path.isfile(os.path.join(sysconfig.get_paths()["include"], "Python.h"))
+if not (compiler and headers):
+    missing = " and ".join(m for m, ok in (("a C compiler", compiler), ("Python.h", headers)) if not ok)
+    notes.append(f"torch.compile: {missing} missing (Triton builds its launcher with them): the compile "
+                 "variant and tests will fail, the others still run; install gcc and python3-dev")
+for line in notes:
+    print("preflight warning:", line)
+for line in problems:
+    print("preflight failed:", line)
+sys.exit(2 if problems else 0)
+PY
+}
+checks=$(preflight)
+checked=$?
+[ -z "$checks" ] || echo "$checks"
+[ "$checked" = 0 ] || { echo "refusing to start: fix the preflight failures above (nothing ran)"; exit 2; }
 {
+  [ -z "$checks" ] || echo "$checks"
   date -u
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1
   "$PYTHON" -c "import sys, torch; print('python', sys.version.split()[0], 'torch', torch.__version__, \

@@ -34,11 +34,24 @@ def rows(out: str) -> list[list[str]]:
     return tables(out)[0][1:]
 
 
-def test_train_benchmark_prints_ratios_and_projections(capsys):
+def test_train_benchmark_prints_ratios_and_projections(capsys, monkeypatch):
+    """... and a variant that fails (here torch.compile as without a C compiler) loses its own row
+    only, and the exit status says so."""
+
+    def compile_without_a_compiler(model, **kwargs):  # fails at the first call, as torch.compile does
+        def fail(*args, **kwargs):
+            raise RuntimeError("Failed to find C compiler. Please specify via CC environment variable")
+
+        return fail
+
+    monkeypatch.setattr(torch, "compile", compile_without_a_compiler)
     argv = ["train", *DATA, "--device", "cpu", "--width", "0.125", "--subset", "600", "--batch-size", "64"]
-    assert main([*argv, "--warmup", "1", "--steps", "1", "--rounds", "2", "--fuse", "2"]) == 0
+    assert main([*argv, "--warmup", "1", "--steps", "1", "--rounds", "2", "--fuse", "2", "--compile"]) == 1
     out = capsys.readouterr().out
-    table = rows(out)
+    *table, failed = rows(out)
+    assert failed[:2] == ["memory + compile", "FAILED: RuntimeError: Failed to find C compiler. Please "
+                          "specify via CC environment variable"]  # fmt: skip
+    assert "FAILED to build: memory + compile" in out and "round 1/2, memory + compile" not in out
     assert [r[0] for r in table][:2] == ["baseline: torch DataLoader + PIL, fp32", "memory"]
     assert table[-1][0] == "memory, fused K=2" and table[0][3] == "1.00x"
     assert all(re.fullmatch(r"\d+\.\d\dx", r[3]) and float(r[4]) > 0 for r in table)

@@ -81,3 +81,24 @@ def test_gpu_check_default_limits_fit_the_two_suggested_calls(tmp_path):
     header = Path(SCRIPT).read_text()
     assert "run(command='bash launch/gpu_check.sh tests bench', carry=['.device'], timeout_s=420)" in header
     assert "run(command='bash launch/gpu_check.sh pack sweep', carry=['.device'], timeout_s=300)" in header
+
+
+def test_gpu_check_refuses_a_gpu_run_whose_torch_sees_no_gpu_or_lacks_a_module(tmp_path):
+    """On this CPU-only machine DEVICE=cuda is what a CPU-only torch on a GPU node looks like: the GPU
+    tests would all skip and the stage report success. Refused before any stage, as is a missing
+    module (torchvision hidden here), each naming its fix."""
+    (tmp_path / "device" / "wheels").mkdir(parents=True)
+    blocked = tmp_path / "blocked"
+    (blocked / "torchvision").mkdir(parents=True)
+    (blocked / "torchvision" / "__init__.py").write_text("raise ImportError('no torchvision here')\n")
+    python = tmp_path / "python"  # the GPU image's python, without torchvision
+    python.write_text(f'#!/bin/sh\nPYTHONPATH="{blocked}:$PYTHONPATH" exec {sys.executable} "$@"\n')
+    python.chmod(0o755)
+    env = {**os.environ, "PYTHON": str(python), "DEVICE": "cuda", "DEVICE_DIR": str(tmp_path / "device"),
+           "OUT": str(tmp_path / "out")}  # fmt: skip
+    proc = subprocess.run(["bash", SCRIPT, "tests"], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "preflight failed: DEVICE=cuda but torch" in proc.stdout and "sees no GPU" in proc.stdout
+    assert "preflight failed: import torchvision: ImportError: no torchvision here" in proc.stdout
+    assert "refusing to start" in proc.stdout
+    assert not (tmp_path / "out" / "tests.log").exists()  # nothing ran
