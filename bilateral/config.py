@@ -102,6 +102,11 @@ class TrainConfig:
     channels_last: bool = False
     compile: bool = False
     checkpoint_every: int = bounded(1, 1)  # write `last` (and a pending `best`) every N epochs and at the end
+    # Minutes instead: write at the first epoch end that long after the last write, at the end, and
+    # when training stops early (SIGTERM, Ctrl-C, submitit's USR2 requeue, a failure) from a copy of
+    # the last epoch end held in host memory. For epochs of seconds on shared storage, where a
+    # checkpoint each epoch costs as much as the epoch (and 10 of them with --fuse 10).
+    checkpoint_minutes: float | None = bounded(None, 0, low_open=True)
     eval_every: int = bounded(1, 1)  # validate every N epochs and at the end; only those can become `best`
     test_checkpoint: str = "best"  # best (on validation) | last: what bilateral nets and baselines are
     # tested with. Hemispheres are always tested, and used by the nets built on them, at `best`.
@@ -320,6 +325,11 @@ def validate(cfg: SweepConfig) -> None:
         raise ConfigError(
             f"plan.seeds {reused} were the tuning seeds of {cfg.tuned.source}: a comparison measured on "
             "the seeds its settings were chosen on is biased; choose other seeds (e.g. --seeds 0-4)"
+        )
+    if cfg.train.checkpoint_minutes is not None and cfg.train.checkpoint_every != 1:
+        raise ConfigError(
+            f"train.checkpoint_every={cfg.train.checkpoint_every} and train.checkpoint_minutes="
+            f"{cfg.train.checkpoint_minutes} are two policies for the same checkpoints: set one of them"
         )
     if any(k < 1 or k > cfg.plan.pool_size for k in cfg.plan.ensemble_top):
         raise ConfigError(

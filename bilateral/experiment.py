@@ -86,7 +86,8 @@ class RunSpec:
         """Hash of what changes results: how often checkpoints are written, and where a run is
         tracked, do not."""
         identity = self.to_dict()
-        for key in ("checkpoint_every", "mlflow", "wandb"):  # how a run is written down, not its result
+        for key in ("checkpoint_every", "checkpoint_minutes", "mlflow", "wandb"):  # how a run is written
+            # down, not its result
             identity["train"].pop(key)
         identity.pop("tuned")  # where settings came from: the settings themselves are in the sections
         for key in ("plugin", "row", "options", "settings"):  # unset, the paper's run ids stay as they were

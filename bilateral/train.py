@@ -548,122 +548,145 @@ def _train(
         leave=False,
         mininterval=2.0,
     )
-    for epoch in range(start, epochs):
-        net.train()
-        torch.manual_seed(epoch_seed(spec.init_seed, rank, epoch))  # this rank's dropout masks
-        for train in trains:
-            train.set_epoch(epoch)
-        tic = time.perf_counter()
-        total_loss = torch.zeros(k, device=dev)
-        images = 0  # the images this epoch trained on, over all ranks
-        for i, batches in enumerate(zip(*trains, strict=True)):
-            xs, fines, coarses = (list(t) for t in zip(*batches, strict=True))
-            images += len(xs[0]) * (world if getattr(trains[0], "per_rank", False) else 1)
-            if world > 1 and not getattr(trains[0], "per_rank", False):  # global batch: this rank's share
-                share = slice(rank * len(xs[0]) // world, (rank + 1) * len(xs[0]) // world)
-                xs, fines, coarses = (
-                    [x[share] for x in xs],
-                    [f[share] for f in fines],
-                    [c[share] for c in coarses],
+
+    def write_checkpoint(model_states, optimizer_states, states, pending_best, metrics) -> None:
+        with shielded():  # a signal waits until best.pt, metrics.jsonl and last.pt agree
+            for j, (state, rs) in enumerate(zip(states, run_stores, strict=True)):
+                if pending_best[j] is not None:
+                    rs.save_checkpoint("best", pending_best[j])
+                rs.write_metrics(metrics[j])  # before "last": a resume drops rows past the last checkpoint
+                rs.save_checkpoint(
+                    "last", {"model": model_states[j], "optimizer": optimizer_states[j], **state}
                 )
-            for group in optimizer.param_groups:
-                group["lr"] = lr_at(spec, epoch * steps_per_epoch + i, epochs * steps_per_epoch)
-            with _autocast(precision, dev):
-                outputs = forward(stack_inputs(xs) if k > 1 else xs[0])
-            per_member = _per_member(outputs, k)
-            losses = torch.stack(
-                [
-                    loss_fn(out, f, c, spec.optim.label_smoothing)
-                    for out, f, c in zip(per_member, fines, coarses, strict=True)
-                ]
+
+    timed = spec.train.checkpoint_minutes is not None  # else every checkpoint_every epochs
+    written_at = time.monotonic()
+    unwritten = None  # time-based: the last epoch end not yet on disk, written if the loop is left early
+    try:
+        for epoch in range(start, epochs):
+            net.train()
+            torch.manual_seed(epoch_seed(spec.init_seed, rank, epoch))  # this rank's dropout masks
+            for train in trains:
+                train.set_epoch(epoch)
+            tic = time.perf_counter()
+            total_loss = torch.zeros(k, device=dev)
+            images = 0  # the images this epoch trained on, over all ranks
+            for i, batches in enumerate(zip(*trains, strict=True)):
+                xs, fines, coarses = (list(t) for t in zip(*batches, strict=True))
+                images += len(xs[0]) * (world if getattr(trains[0], "per_rank", False) else 1)
+                if world > 1 and not getattr(trains[0], "per_rank", False):  # global batch: this rank's share
+                    share = slice(rank * len(xs[0]) // world, (rank + 1) * len(xs[0]) // world)
+                    xs, fines, coarses = (
+                        [x[share] for x in xs],
+                        [f[share] for f in fines],
+                        [c[share] for c in coarses],
+                    )
+                for group in optimizer.param_groups:
+                    group["lr"] = lr_at(spec, epoch * steps_per_epoch + i, epochs * steps_per_epoch)
+                with _autocast(precision, dev):
+                    outputs = forward(stack_inputs(xs) if k > 1 else xs[0])
+                per_member = _per_member(outputs, k)
+                losses = torch.stack(
+                    [
+                        loss_fn(out, f, c, spec.optim.label_smoothing)
+                        for out, f, c in zip(per_member, fines, coarses, strict=True)
+                    ]
+                )
+                optimizer.zero_grad(set_to_none=True)
+                losses.sum().backward()
+                optimizer.step()
+                total_loss += losses.detach()
+                bar.update()
+            if dev.type == "cuda":
+                torch.cuda.synchronize(dev)
+            if world > 1:
+                dist.all_reduce(total_loss)
+                total_loss /= world
+            seconds = time.perf_counter() - tic
+            evaluated = time.perf_counter()
+            validates = (epoch + 1) % spec.train.eval_every == 0 or epoch == epochs - 1
+            val_results = evaluate_members(net, val, spec, dev, k) if validates else [({}, None)] * k
+            eval_seconds = time.perf_counter() - evaluated
+            rows = []
+            for j, (val_metrics, _) in enumerate(val_results):
+                rows.append(
+                    {
+                        "epoch": epoch,
+                        "train_loss": float(total_loss[j]) / max(1, steps_per_epoch),
+                        "images_per_s": images / seconds,
+                        "lr": optimizer.param_groups[0]["lr"],
+                        **{f"val_{key}": v for key, v in val_metrics.items()},
+                    }
+                )
+                metrics[j].append(rows[-1])
+            for tracker, row in zip(trackers, rows, strict=False):  # rank 0 alone tracks
+                tracker.epoch(row)
+            progress = _progress_row(rows, epochs)
+            if on_epoch is not None:
+                on_epoch(progress)
+            val_text = f"{progress['val_score']:.4f}" if validates else "-"  # not validated this epoch
+            bar.set_postfix(
+                epoch=f"{epoch + 1}/{epochs}",
+                loss=f"{progress['train_loss']:.3f}",
+                val=val_text,
+                img_s=f"{progress['images_per_s']:.0f}",
             )
-            optimizer.zero_grad(set_to_none=True)
-            losses.sum().backward()
-            optimizer.step()
-            total_loss += losses.detach()
-            bar.update()
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
-        if world > 1:
-            dist.all_reduce(total_loss)
-            total_loss /= world
-        seconds = time.perf_counter() - tic
-        evaluated = time.perf_counter()
-        validates = (epoch + 1) % spec.train.eval_every == 0 or epoch == epochs - 1
-        val_results = evaluate_members(net, val, spec, dev, k) if validates else [({}, None)] * k
-        eval_seconds = time.perf_counter() - evaluated
-        rows = []
-        for j, (val_metrics, _) in enumerate(val_results):
-            rows.append(
-                {
-                    "epoch": epoch,
-                    "train_loss": float(total_loss[j]) / max(1, steps_per_epoch),
-                    "images_per_s": images / seconds,
-                    "lr": optimizer.param_groups[0]["lr"],
-                    **{f"val_{key}": v for key, v in val_metrics.items()},
-                }
+            log.info(
+                "%s epoch %d/%d loss %.4f val %s %.0f img/s",
+                name,
+                epoch + 1,
+                epochs,
+                progress["train_loss"],
+                val_text,
+                progress["images_per_s"],
             )
-            metrics[j].append(rows[-1])
-        for tracker, row in zip(trackers, rows, strict=False):  # rank 0 alone tracks
-            tracker.epoch(row)
-        progress = _progress_row(rows, epochs)
-        if on_epoch is not None:
-            on_epoch(progress)
-        val_text = f"{progress['val_score']:.4f}" if validates else "-"  # not validated this epoch
-        bar.set_postfix(
-            epoch=f"{epoch + 1}/{epochs}",
-            loss=f"{progress['train_loss']:.3f}",
-            val=val_text,
-            img_s=f"{progress['images_per_s']:.0f}",
-        )
-        log.info(
-            "%s epoch %d/%d loss %.4f val %s %.0f img/s",
-            name,
-            epoch + 1,
-            epochs,
-            progress["train_loss"],
-            val_text,
-            progress["images_per_s"],
-        )
-        checkpoint = (epoch + 1) % spec.train.checkpoint_every == 0 or epoch == epochs - 1
-        improved = [
-            validates and rows[j]["val_score"] > state["best_score"] for j, state in enumerate(states)
-        ]
-        model_states = None
-        if checkpoint or any(improved):
-            model_states = unfuse(net, members[0], k) if k > 1 else [net.state_dict()]
-        for j, state in enumerate(states):
-            if improved[j]:
-                state.update(best_score=rows[j]["val_score"], best_epoch=epoch)
-                # held until the next `last` is written, so that best.pt and last.pt always agree
-                pending_best[j] = {"model": _host_copy(model_states[j]), "epoch": epoch}
-            state["epoch"] = epoch
-            state["train_time_s"] += seconds
-            state["images"] += images
-        saved = time.perf_counter()
-        if checkpoint and rank == 0:
-            with shielded():  # a signal waits until best.pt, metrics.jsonl and last.pt agree
+            checkpoint = _checkpoint_due(spec, epoch, epochs, written_at, world)
+            improved = [
+                validates and rows[j]["val_score"] > state["best_score"] for j, state in enumerate(states)
+            ]
+            model_states = None
+            if checkpoint or any(improved) or timed:
+                model_states = unfuse(net, members[0], k) if k > 1 else [net.state_dict()]
+            for j, state in enumerate(states):
+                if improved[j]:
+                    state.update(best_score=rows[j]["val_score"], best_epoch=epoch)
+                    # held until the next `last` is written, so that best.pt and last.pt always agree
+                    pending_best[j] = {"model": _host_copy(model_states[j]), "epoch": epoch}
+                state["epoch"] = epoch
+                state["train_time_s"] += seconds
+                state["images"] += images
+            saved = time.perf_counter()
+            if rank == 0 and (checkpoint or timed):
                 optimizer_states = (
                     unfuse_optimizer_state(optimizer.state_dict(), net, members[0], k)
                     if k > 1
                     else [optimizer.state_dict()]
                 )
-                for j, (state, rs) in enumerate(zip(states, run_stores, strict=True)):
-                    if pending_best[j] is not None:
-                        rs.save_checkpoint("best", pending_best[j])
-                    # before "last": a resume drops rows past the last checkpoint
-                    rs.write_metrics(metrics[j])
-                    last = {"model": model_states[j], "optimizer": optimizer_states[j], **state}
-                    rs.save_checkpoint("last", last)
-        if checkpoint:
-            pending_best = [None] * k
-        if world > 1 and checkpoint:
-            dist.barrier()  # every rank sees this epoch's checkpoints before going on
-        wall = time.perf_counter() - tic
-        for state in states:
-            state["checkpoint_time_s"] += (time.perf_counter() - saved) / k
-            state["eval_time_s"] += eval_seconds / k
-            state["wall_s"] += wall / k  # a fused member's share of the group's time
+                if checkpoint:
+                    unwritten = None  # before the write: a stop inside it must not write an older one
+                    write_checkpoint(model_states, optimizer_states, states, pending_best, metrics)
+                else:  # held on the host, written at a stop: what a preemption would otherwise lose
+                    unwritten = _host_tree((model_states, optimizer_states, states, pending_best, metrics))
+            if checkpoint:
+                pending_best = [None] * k
+                written_at = time.monotonic()
+            if world > 1 and checkpoint:
+                dist.barrier()  # every rank sees this epoch's checkpoints before going on
+            wall = time.perf_counter() - tic
+            for state in states:
+                state["checkpoint_time_s"] += (time.perf_counter() - saved) / k
+                state["eval_time_s"] += eval_seconds / k
+                state["wall_s"] += wall / k  # a fused member's share of the group's time
+    except BaseException as stop:  # SIGTERM, Ctrl-C, submitit's exit after a USR2 requeue, a failure
+        if unwritten is not None:
+            log.warning(
+                "%s: %s; writing the checkpoint held since epoch %d ended",
+                name,
+                type(stop).__name__,
+                unwritten[2][0]["epoch"] + 1,
+            )
+            write_checkpoint(*unwritten)
+        raise
     bar.close()
     for tracker, state in zip(trackers, states, strict=False):
         tracker.finish(state["best_score"])
@@ -701,6 +724,33 @@ def _train(
 def trained_parts(model: nn.Module) -> list[str]:
     """The model's top-level parts that trained (e.g. ["heads"] for frozen hemispheres)."""
     return [name for name, part in model.named_children() if any(p.requires_grad for p in part.parameters())]
+
+
+def _checkpoint_due(spec: RunSpec, epoch: int, epochs: int, written_at: float, world: int) -> bool:
+    """After the last epoch, and every train.checkpoint_every epochs or, with
+    train.checkpoint_minutes, at the first epoch end that many minutes after the last write (rank
+    0's clock decides for every DDP rank: they must write, and meet at the barrier, together)."""
+    if epoch == epochs - 1:
+        return True
+    minutes = spec.train.checkpoint_minutes
+    if minutes is None:
+        return (epoch + 1) % spec.train.checkpoint_every == 0
+    due = torch.tensor([time.monotonic() - written_at >= 60 * minutes])
+    if world > 1:
+        dist.broadcast(due, 0)
+    return bool(due)
+
+
+def _host_tree(tree):
+    """A copy of nested dicts, lists and tuples whose tensors are on the host, which later training
+    steps cannot change."""
+    if isinstance(tree, torch.Tensor):
+        return tree.detach().to("cpu", copy=True)
+    if isinstance(tree, dict):
+        return {key: _host_tree(value) for key, value in tree.items()}
+    if isinstance(tree, list | tuple):
+        return type(tree)(_host_tree(value) for value in tree)
+    return tree
 
 
 def _host_copy(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -1,10 +1,13 @@
+import signal
+
 import numpy as np
 import pytest
 import torch
 
 from bilateral.errors import CheckpointError
+from bilateral.interrupt import Interrupted
 from bilateral.models import build_backbone
-from bilateral.store import SweepStore
+from bilateral.store import RunStore, SweepStore
 from bilateral.train import load_data, make_splits, run
 from tests.conftest import REPO, Killed, die_after_first_epoch
 
@@ -72,6 +75,45 @@ def test_resume_ends_identical_to_uninterrupted(tmp_path, tiny_plan, monkeypatch
     b = store.run(spec.run_id).load_checkpoint("last")["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert [m["train_loss"] for m in store.run(spec.run_id).read_metrics()] == [
+        m["train_loss"] for m in SweepStore(tmp_path / "full").run(spec.run_id).read_metrics()
+    ]
+
+
+def test_time_based_checkpoints_write_at_the_end_and_at_a_stop_and_resume_identical(
+    tmp_path, tiny_plan, monkeypatch
+):
+    """train.checkpoint_minutes: no `last` before the minutes are up (here: never before the end);
+    a stop mid-run writes the last epoch end held in memory, and the rerun resumes from it and ends
+    as an uninterrupted run; the run id is that of checkpoints every epoch."""
+    spec = only(tiny_plan("plan.models=[unilateral]", "train.epochs=3"), "unilateral")
+    timed = only(
+        tiny_plan("plan.models=[unilateral]", "train.epochs=3", "train.checkpoint_minutes=1000"), "unilateral"
+    )
+    assert timed.run_id == spec.run_id
+    full = run(spec, SweepStore(tmp_path / "full"), device="cpu", data_dir=str(REPO / "data"))
+
+    writes = []
+    save = RunStore.save_checkpoint
+    monkeypatch.setattr(
+        RunStore, "save_checkpoint", lambda self, n, s: (writes.append((n, s["epoch"])), save(self, n, s))[1]
+    )
+
+    def stop_in_epoch_2(row):  # as SIGTERM does, after epoch 1 was validated, before it is written
+        if row["epoch"] == 1:
+            raise Interrupted(signal.SIGTERM)
+
+    store = SweepStore(tmp_path / "timed")
+    with pytest.raises(Interrupted):
+        run(timed, store, device="cpu", data_dir=str(REPO / "data"), on_epoch=stop_in_epoch_2)
+    assert [w for w in writes if w[0] == "last"] == [("last", 0)]  # written at the stop, from memory
+    assert store.run(timed.run_id).checkpoint_epoch("last") == 0
+    writes.clear()
+    resumed = run(timed, store, device="cpu", data_dir=str(REPO / "data"))
+    assert [w for w in writes if w[0] == "last"] == [("last", 2)]  # epoch 1 ended unwritten: not due
+    assert resumed["resumed_from_epoch"] == 1
+    for key in ("test_acc_fine", "test_acc_coarse", "val_score", "best_epoch"):
+        assert resumed[key] == full[key], key
+    assert [m["train_loss"] for m in store.run(timed.run_id).read_metrics()] == [
         m["train_loss"] for m in SweepStore(tmp_path / "full").run(spec.run_id).read_metrics()
     ]
 
