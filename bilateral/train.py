@@ -31,6 +31,7 @@ from torch.nn.parallel import DistributedDataParallel
 import bilateral
 from bilateral import cuda_build
 from bilateral.assemble import build_model
+from bilateral.compiling import compile_for_run
 from bilateral.config import DataConfig
 from bilateral.data import (
     HierarchicalDataset,
@@ -523,7 +524,9 @@ def _train(
     forward = net
     if world > 1:
         forward = DistributedDataParallel(net, device_ids=[dev.index] if dev.type == "cuda" else None)
-    forward = torch.compile(forward) if spec.train.compile else forward
+    fallbacks = None  # with train.compile: the functions dynamo left eager
+    if spec.train.compile:
+        forward, fallbacks = compile_for_run(forward, store.root / "compile-cache", torch.get_num_threads())
     epochs, steps_per_epoch = spec.train.epochs, len(trains[0])
     states = [_fresh_state() for _ in specs]
     metrics: list[list[dict]] = [[] for _ in specs]
@@ -687,7 +690,14 @@ def _train(
             )
             write_checkpoint(*unwritten)
         raise
+    finally:
+        if fallbacks is not None:
+            fallbacks.detach()
     bar.close()
+    if fallbacks is not None and fallbacks.functions:
+        log.warning(
+            "%s: torch.compile ran %s eagerly (recompile limit)", name, ", ".join(fallbacks.functions)
+        )
     for tracker, state in zip(trackers, states, strict=False):
         tracker.finish(state["best_score"])
     finals = [net] if k == 1 else members
@@ -710,6 +720,7 @@ def _train(
             "params": count_parameters(model),
             "trainable_params": count_parameters(model, trainable_only=True),
             "trained_parts": trained_parts(model),
+            "compile_fallbacks": None if fallbacks is None else fallbacks.functions,  # [] = all compiled
             "train_time_s": state["train_time_s"],
             "eval_time_s": state["eval_time_s"],
             "checkpoint_time_s": state["checkpoint_time_s"],

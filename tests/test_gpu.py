@@ -120,6 +120,8 @@ def train_losses(tmp_path, *overrides: str) -> list[list[float]]:
     store = SweepStore(tmp_path)
     for record in run_group(specs, store, device="cuda", data_dir=DATA_DIR):
         assert record["device"] != "cpu"
+        compiled = "train.compile=true" in overrides
+        assert record["compile_fallbacks"] == ([] if compiled else None)  # nothing left eager
     return [[m["train_loss"] for m in store.run(s.run_id).read_metrics()] for s in specs]
 
 
