@@ -14,7 +14,6 @@ import logging
 import os
 from pathlib import Path
 
-import torch
 from torch import nn
 
 LIMIT_MESSAGE = "torch._dynamo hit config."  # dynamo's warning as it gives a function up to eager
@@ -43,6 +42,7 @@ class EagerFallbacks(logging.Handler):
 def compile_for_run(module: nn.Module, cache_dir: Path, threads: int) -> tuple[nn.Module, EagerFallbacks]:
     """(the compiled module, its fallbacks watcher: detach it when the run ends)."""
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_dir))
+    import torch._dynamo
     import torch._inductor.config as inductor
 
     inductor.compile_threads = max(1, min(inductor.compile_threads, threads))
