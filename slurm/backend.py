@@ -42,6 +42,8 @@ from bilateral.placement import Offer, Placement, place
 from bilateral.store import SweepStore, write_json
 from bilateral.sweep import fusion_groups, run_sweep
 from ray_jobs.backend import add_shared_arguments
+from slurm.nodes import node_local_paths
+from slurm.task import repo_root
 
 log = logging.getLogger("slurm")
 CONTROLLER_TIMEOUT_S = 25  # the first question to the controller, before anything is submitted
@@ -709,6 +711,15 @@ def run(args: argparse.Namespace, cfg: SweepConfig, plan: Plan, store: SweepStor
     """Run every unfinished run of the plan on Slurm; return {run_id: error} of those that failed."""
     opts = SlurmOptions.from_args(args, cfg)
     _require_slurm()
+    Path(cfg.data_dir).mkdir(parents=True, exist_ok=True)  # every job checks that its node sees it
+    paths = {"--out": store.root, "data_dir": Path(cfg.data_dir), "the checkout": repo_root()}
+    local = node_local_paths(paths)
+    if local:
+        log.warning(
+            "%s: on node-local storage; compute nodes that are other machines will not see it, and their "
+            "jobs stop at start naming it. Use a filesystem every node mounts at the same path",
+            "; ".join(local),
+        )
     if cfg.device == "cpu":  # from_args asked sinfo for any other device
         slurm_offer(args.partition)  # the controller answers, and the partition exists, before submitting
     stages = SlurmStages(opts, store)

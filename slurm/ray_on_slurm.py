@@ -1,8 +1,10 @@
 """--cluster slurm --engine ray: one Slurm allocation of --nodes nodes; a Ray head on the first,
 a Ray worker on every other, and the Ray backend (ray_jobs/backend.py) runs the sweep there.
 
-One Slurm task per node runs `RayAllocation`: task 0 starts `ray start --head --block` on free
-ports with a private --temp-dir, writes its address to <sweep>/slurm/<job>/ray-head.json, runs
+One Slurm task per node runs `RayAllocation`: each first checks that it sees the sweep folder and
+takes an address other nodes can reach (slurm/nodes.py); task 0 starts `ray start --head --block`
+on free ports with a private node-local --temp-dir, whose logs go to <sweep>/slurm/<job>/ray-logs/
+when the task ends, writes its address to <sweep>/slurm/<job>/ray-head.json, runs
 ray_jobs.backend.run(...) against it and returns its {run_id: error}; every other task starts
 `ray start --address <head> --block` and waits until task 0 writes ray-done. Each `ray start
 --block` is stopped with SIGTERM, which stops exactly the Ray processes it started.
@@ -23,7 +25,6 @@ import json
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -36,15 +37,9 @@ from bilateral.experiment import Plan
 from bilateral.store import SweepStore, write_json
 from ray_jobs.auth import use_token, write_token
 from ray_jobs.cluster import PORT_FLAGS, RAY_CLI, free_port, stop_processes
+from slurm.nodes import check_node_sees, keep_ray_logs, node_ip
 
 log = logging.getLogger(__name__)
-
-
-def node_ip(hostname: str) -> str:
-    try:
-        return socket.gethostbyname(hostname)
-    except OSError:
-        return hostname
 
 
 class RayAllocation(submitit.helpers.Checkpointable):
@@ -60,13 +55,14 @@ class RayAllocation(submitit.helpers.Checkpointable):
             level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S", force=True
         )
         env = submitit.JobEnvironment()
+        check_node_sees(root, None, env.hostname)  # before starting Ray: a clear error, not a timeout
         folder = Path(root) / "slurm" / env.job_id
         head_file, done_file, token = folder / "ray-head.json", folder / "ray-done", folder / "ray-token"
         if env.global_rank == 0:
             head_file.unlink(missing_ok=True)  # from an earlier attempt of a requeued job
             done_file.unlink(missing_ok=True)
             write_token(token)  # before ray-head.json: a node that sees the head finds its token
-        ip = node_ip(env.hostname)
+        ip = node_ip(env.hostname, env.num_nodes)
         temp_dir = f"/tmp/bilateral-ray-{env.job_id}-{env.global_rank}"  # short: Ray's socket paths
         cmd = [
             str(RAY_CLI),
@@ -108,6 +104,9 @@ class RayAllocation(submitit.helpers.Checkpointable):
         finally:
             _stop(ray)
             stop_processes(temp_dir)  # the agents outlive `ray start --block`
+            restart = os.environ.get("SLURM_RESTART_COUNT", "0")
+            name = f"task{env.global_rank}-{env.hostname}-restart{restart}"
+            keep_ray_logs(temp_dir, folder / "ray-logs" / name)
             if env.global_rank == 0:
                 token.unlink(missing_ok=True)
 

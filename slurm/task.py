@@ -30,6 +30,7 @@ import submitit
 from bilateral.experiment import RunSpec
 from bilateral.placement import Placement
 from bilateral.store import SweepStore
+from slurm.nodes import check_node_sees
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +75,7 @@ class RunTask(submitit.helpers.Checkpointable):
             level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S", force=True
         )
         env = submitit.JobEnvironment()
+        check_node_sees(self.store_root, self.data_dir, env.hostname)
         log.info(
             "job %s task %d/%d (restart %s) on %s: %s",
             env.job_id,

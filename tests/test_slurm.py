@@ -430,6 +430,9 @@ def test_ray_engine_inside_a_slurm_allocation(slurm_cluster, tmp_path):
     assert "Ray on Slurm (1 job(s)): 0 queued, 0 running, 1 done, 0 failed; runs finished 3/3" in proc.stderr
     log = "".join(p.read_text() for p in (root / "slurm" / job).glob("*_log.*"))
     assert "--head" in log and "--address=" in log and "Ray cluster up: 2 node(s)" in log
+    kept = root / "slurm" / job / "ray-logs"  # out of the node-local temp dirs, which are gone
+    assert {p.name.split("-")[0] for p in kept.iterdir()} == {"task0", "task1"}
+    assert list(kept.glob("task0-*/raylet.out")) and not list(Path("/tmp").glob(f"bilateral-ray-{job}-*"))
     leftovers = [
         p.name
         for p in Path("/proc").iterdir()
