@@ -139,7 +139,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--gpus-per-node",
         type=ranged(int, 0),
-        help="--engine ray: GPUs of each node's Ray (sbatch --gpus-per-node; default 1, 0 with --device cpu)",
+        help="--engine ray: GPUs of each node's Ray (sbatch --gpus-per-node; default: all of a node of "
+        "the partition, from sinfo; 0 with --device cpu)",
     )
 
 
@@ -383,7 +384,8 @@ class SlurmOptions:
 
 
 def _ray_node_gpus(device: str, asked: int | None, offer: Offer) -> int:
-    """--engine ray: GPUs of each node's Ray; one where the partition has GPUs, unless asked."""
+    """--engine ray: GPUs of each node's Ray; unless asked, all a node of the partition has (the
+    allocation holds whole nodes' worth, and Ray packs runs onto them)."""
     if device == "cpu" or asked == 0:
         return 0
     if device.startswith("cuda:"):
@@ -391,7 +393,7 @@ def _ray_node_gpus(device: str, asked: int | None, offer: Offer) -> int:
     if offer.gpus <= 0:
         asked_for = "--device auto would run Ray on CPUs only" if device == "auto" else f"--device {device}"
         raise offer.no_gpu(asked_for if asked is None else f"--gpus-per-node {asked} asks for GPUs")
-    return 1 if asked is None else asked
+    return int(offer.gpus) if asked is None else asked
 
 
 def _require_slurm() -> None:

@@ -352,6 +352,18 @@ def test_a_rank_1_failure_ends_its_ddp_job_and_the_other_run_finishes(slurm_clus
     assert "rank 0/2: ending, another rank failed" in logs
 
 
+def test_ray_on_slurm_asks_for_every_gpu_of_a_node_by_default(tmp_path):
+    from launch.sweep import parse_args, resolve_config
+    from slurm.backend import SlurmOptions, parse_sinfo
+
+    offer = parse_sinfo("cpu*|(null)|2\ngpu|gpu:a100:8(S:0-1)|64\n", "gpu")
+    for more, gpus in (([], 8), (["--gpus-per-node", "2"], 2)):
+        argv = ["--cluster", "slurm", "--engine", "ray", "--partition", "gpu", "--out", str(tmp_path), *more]
+        args = parse_args(argv)
+        opts = SlurmOptions.from_args(args, resolve_config(args), offer)
+        assert opts.gpus_per_job == gpus and opts.parameters()["gpus_per_node"] == gpus
+
+
 def test_sinfo_gpus_are_read_per_partition():
     from slurm.backend import parse_sinfo
 
