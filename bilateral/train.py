@@ -8,18 +8,11 @@ CPU, ends bit-identical to an uninterrupted one: data order, augmentation and th
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import hashlib
 import logging
 import math
-import os
-import platform
-import subprocess
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -28,23 +21,14 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-import bilateral
-from bilateral import cuda_build
 from bilateral.assemble import build_model
 from bilateral.compiling import compile_for_run
-from bilateral.config import DataConfig
-from bilateral.data import (
-    HierarchicalDataset,
-    load_dataset,
-    stratified_subset,
-    validation_split,
-)
 from bilateral.data.beton import prepare_betons, split_parts
-from bilateral.data.holdout import without_held_out
 from bilateral.data.loader import LoaderOptions
 from bilateral.data.loaders import Loader, make_loader
 from bilateral.distributed import fail_together, from_rank0, rank_and_world
 from bilateral.errors import CheckpointError, ConfigError
+from bilateral.execution import autocast, choose_precision, resolve_device, tf32_state, versions
 from bilateral.experiment import RunSpec, group_name, settings_label
 from bilateral.interrupt import shielded
 from bilateral.models import Ensemble, count_parameters, load_state_strict
@@ -57,9 +41,9 @@ from bilateral.models.fused import (
     unfuse_optimizer_state,
 )
 from bilateral.models.profile import profile_backbone
-from bilateral.placement import Placement, check_device
+from bilateral.placement import Placement
 from bilateral.progress import bar as progress_bar
-from bilateral.runtime import tf32_state
+from bilateral.run_data import Splits, check_batches, make_splits, run_data
 from bilateral.store import RunStore, SweepStore
 from bilateral.tracking import RunTracker, trackers_of
 
@@ -67,117 +51,10 @@ log = logging.getLogger(__name__)
 HEADS = ("fine", "coarse")
 
 
-def resolve_device(name: str) -> torch.device:
-    """auto, cpu, cuda or cuda:N -> the device; a GPU that torch cannot see is a clear error here, not
-    a RuntimeError deep inside the first forward pass."""
-    check_device(name)
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda":
-        count = torch.cuda.device_count()
-        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-        if count == 0 or (dev.index or 0) >= count:
-            raise ConfigError(
-                f"device {name!r}, but torch sees {count} CUDA device(s) (CUDA_VISIBLE_DEVICES="
-                f"{visible!r}, torch {torch.__version__}, CUDA build {torch.version.cuda}): run on a GPU "
-                f"node or pass --device cpu{cuda_build.reason()}"
-            )
-        dev = torch.device("cuda", torch.cuda.current_device() if dev.index is None else dev.index)
-    return dev
-
-
 def epoch_seed(seed: int, rank: int, epoch: int) -> int:
     """The global RNG's seed (dropout masks) for one epoch of one DDP rank: different per rank, and
     a pure function of (run, rank, epoch), so a resumed run draws the same masks again."""
     return int.from_bytes(hashlib.sha256(f"{seed}/{rank}/{epoch}".encode()).digest()[:8], "little")
-
-
-def cpu_computes_bf16() -> bool:
-    """Whether this CPU has bf16 instructions (AVX512-BF16, or AMX's tiles with AMX-BF16), where
-    oneDNN runs bf16 convolutions natively; without them PyTorch emulates bf16, slower than fp32."""
-    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
-
-
-def choose_precision(spec: RunSpec, dev: torch.device) -> tuple[str, str]:
-    """("bf16" | "fp32", why): bf16 autocast for training only where the device computes bf16
-    natively (GPUs of compute capability 8.0 or newer, CPUs with AVX512-BF16 or AMX); elsewhere
-    PyTorch would emulate it slowly, so the run trains in fp32 and says why."""
-    if not spec.train.bf16:
-        return "fp32", ""
-    if dev.type == "cpu":
-        if cpu_computes_bf16():
-            return "bf16", ""
-        return "fp32", (
-            "train.bf16=true, but this CPU has no bf16 instructions (AVX512-BF16 or AMX): training in "
-            "fp32 (set train.bf16=false to silence this)"
-        )
-    if torch.cuda.is_bf16_supported(including_emulation=False):
-        return "bf16", ""
-    major, minor = torch.cuda.get_device_capability(dev)
-    return "fp32", (
-        f"train.bf16=true, but {torch.cuda.get_device_name(dev)} (compute capability {major}.{minor}) has "
-        "no bf16 kernels: training in fp32"
-    )
-
-
-@dataclass
-class Splits:
-    """Indices into the dataset's train and test arrays; val is held out of train."""
-
-    train: np.ndarray
-    val: np.ndarray
-    test: np.ndarray
-
-    def describe(self, spec: RunSpec) -> dict:
-        digest = hashlib.sha256(self.val.tobytes()).hexdigest()[:16]
-        return {
-            "split_seed": spec.data.split_seed,
-            "train": len(self.train),
-            "val": len(self.val),
-            "test": len(self.test),
-            "val_indices_sha256": digest,
-        }
-
-
-@functools.lru_cache(maxsize=4)
-def load_data(source: str, data_dir: str, verify_md5: bool) -> HierarchicalDataset:
-    """Once per process: a local sweep decodes its dataset once for all its runs."""
-    return load_dataset(source, cache_dir=data_dir, verify_md5=verify_md5)
-
-
-def run_data(cfg: DataConfig, data_dir: str) -> HierarchicalDataset:
-    """The data a run trains, validates and is tested on: its source less any held-out classes."""
-    return _without_held_out(cfg.source, data_dir, cfg.verify_md5, cfg.holdout_per_coarse, cfg.split_seed)
-
-
-@functools.lru_cache(maxsize=4)
-def _without_held_out(source: str, data_dir: str, verify_md5: bool, per_coarse: int, seed: int):
-    return without_held_out(load_data(source, data_dir, verify_md5), per_coarse, seed)
-
-
-def make_splits(data: HierarchicalDataset, spec: RunSpec) -> Splits:
-    cfg = spec.data
-    train, val = validation_split(data.train.fine, cfg.val_size, cfg.split_seed, data.val_pool)
-    if cfg.train_subset:
-        train = train[stratified_subset(data.train.fine[train], cfg.train_subset, cfg.split_seed)]
-    test = np.arange(len(data.test))
-    if cfg.test_subset:
-        test = stratified_subset(data.test.fine, cfg.test_subset, cfg.split_seed)
-    return Splits(train, val, test)
-
-
-def check_batches(splits: Splits, spec: RunSpec) -> None:
-    """Refuse, before training, a run whose training split holds no full batch: it would train on
-    one short batch an epoch, which is not the run its config describes."""
-    if spec.trains and len(splits.train) < spec.train.batch_size:
-        subset = f", data.train_subset={spec.data.train_subset}" if spec.data.train_subset else ""
-        raise ConfigError(
-            f"train.batch_size={spec.train.batch_size} is larger than the {len(splits.train)} training "
-            f"images of {spec.data.source} (after data.val_size={spec.data.val_size}{subset}), so no "
-            f"epoch holds a full batch. Fix: set train.batch_size to at most {len(splits.train)}, or "
-            "train on more images"
-        )
 
 
 EpochCallback = Callable[[dict], None]
@@ -275,7 +152,7 @@ def _run_unfinished(specs, store, device, data_dir, on_epoch, placement) -> list
         "threads": torch.get_num_threads(),
         "precision": precision,
         "precision_note": why,
-        "tf32": tf32_state(dev),  # fp32 convolutions in TF32 on Ampere and newer (bilateral/runtime.py)
+        "tf32": tf32_state(dev),  # fp32 convolutions in TF32 on Ampere and newer (bilateral/execution.py)
         "tracking": trackers_of(spec),  # tensorboard (or why not), mlflow, wandb
         "placement": placement.to_dict() if placement is not None else None,
     }
@@ -436,14 +313,6 @@ def loss_fn(outputs: dict[str, torch.Tensor], fine: torch.Tensor, coarse: torch.
     return sum(terms)
 
 
-def _autocast(precision: str, dev: torch.device):
-    """Training steps only: evaluation runs in fp32, so argmax, checkpoint choice, ensemble means and
-    predictions.npz see unrounded logits."""
-    if precision == "bf16":
-        return torch.autocast(dev.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
 STATE_KEYS = (
     "epoch",
     "best_score",
@@ -586,7 +455,7 @@ def _train(
                     )
                 for group in optimizer.param_groups:
                     group["lr"] = lr_at(spec, epoch * steps_per_epoch + i, epochs * steps_per_epoch)
-                with _autocast(precision, dev):
+                with autocast(precision, dev):
                     outputs = forward(stack_inputs(xs) if k > 1 else xs[0])
                 per_member = _per_member(outputs, k)
                 losses = torch.stack(
@@ -875,27 +744,3 @@ def evaluate_members(
         metrics["score"] = selection_score(metrics)
         results.append((metrics, out))
     return results
-
-
-def _git(*args: str) -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", *args], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() if out.returncode == 0 else None
-
-
-@functools.cache
-def versions() -> dict:
-    """What produced a run: the code's commit (and whether it had local changes) and library versions."""
-    status = _git("status", "--porcelain", "--untracked-files=no")
-    return {
-        "bilateral": bilateral.__version__,
-        "git_commit": _git("rev-parse", "HEAD"),
-        "git_dirty": None if status is None else bool(status),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-    }

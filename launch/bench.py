@@ -23,7 +23,7 @@ round, ratios to the baseline, the achieved TFLOP/s (6 x multiply-accumulates pe
 with the device's peak) and the spread across rounds. Then the wall time the `fast` and `paper`
 presets would take on this device at this width, one run at a time, each from the variant that
 trains as its config does (data.loader, train.channels_last, train.compile, and train.bf16 where
-the device trains in bf16: bilateral.train.choose_precision); a variant not measured in this
+the device trains in bf16: bilateral.execution.choose_precision); a variant not measured in this
 invocation (no --compile, no FFCV) is named, and the closest measured one stands in. Besides the
 training steps the projection counts, measured in the same invocation, each epoch's evaluation of
 a data.val_size validation split (fp32, as training evaluates: timed over up to that many images,
@@ -75,12 +75,14 @@ from bilateral.data.loader import LoaderOptions
 from bilateral.data.loaders import LOADERS, make_loader
 from bilateral.data.split import stratified_subset
 from bilateral.errors import ConfigError
+from bilateral.execution import choose_precision, resolve_device
 from bilateral.experiment import build_plan
 from bilateral.extras import require
 from bilateral.models import UnilateralNet, build_backbone, count_parameters
 from bilateral.models.fused import fuse, split_outputs, stack_inputs
+from bilateral.run_data import load_data
 from bilateral.store import RunStore
-from bilateral.train import choose_precision, evaluate_members, load_data, loss_fn, resolve_device
+from bilateral.train import evaluate_members, loss_fn
 
 
 def _installed(module: str) -> bool:

@@ -21,7 +21,7 @@ from bilateral.config import PRESETS, load_config
 from bilateral.data.beton import prepare_betons, split_parts
 from bilateral.errors import BilateralError
 from bilateral.experiment import build_plan
-from bilateral.train import make_splits, run_data
+from bilateral.run_data import make_splits, run_data
 
 
 def main(argv: list[str]) -> int:

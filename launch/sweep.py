@@ -119,7 +119,7 @@ def preflight(cfg: SweepConfig, plan: Plan) -> None:
     """Fail before any training on what would fail every run: the data, and every architecture."""
     from bilateral.assemble import build_model
     from bilateral.data.loaders import check_loader
-    from bilateral.train import check_batches, make_splits, run_data
+    from bilateral.run_data import check_batches, make_splits, run_data
 
     trained = [s for s in plan.runs if s.trains]
     # the runs' data: a comparison's settings may hold classes out of it

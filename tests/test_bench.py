@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from bilateral.config import load_config
-from bilateral.train import cpu_computes_bf16
+from bilateral.execution import cpu_computes_bf16
 from launch.bench import Overheads, _projected_hours, _variant_for, main
 from tests.conftest import REPO
 

@@ -11,8 +11,9 @@ from bilateral.data.navon import GRID, cell_size, digit_scans, glyph_pools, larg
 from bilateral.data.sources import class_counts
 from bilateral.errors import ConfigError
 from bilateral.experiment import build_plan
+from bilateral.run_data import make_splits
 from bilateral.store import SweepStore
-from bilateral.train import make_splits, run
+from bilateral.train import run
 from tests.conftest import tiny_config
 
 

@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from bilateral.errors import ConfigError
+from bilateral.execution import choose_precision, resolve_device
 from bilateral.placement import Offer, place
-from bilateral.train import choose_precision, epoch_seed, evaluate, resolve_device
+from bilateral.train import epoch_seed, evaluate
 from tests.conftest import tiny_config
 
 GPU_NODE = Offer(gpus=8, cpus=64, source="the Ray cluster")
@@ -117,12 +118,12 @@ def test_cuda_without_a_gpu_fails_before_training():
 
 
 def test_bf16_only_where_the_device_has_it(monkeypatch):
-    import bilateral.train
+    import bilateral.execution
 
     (spec,) = [s for s in _plan("train.bf16=true") if s.kind == "unilateral"]
-    monkeypatch.setattr(bilateral.train, "cpu_computes_bf16", lambda: True)
+    monkeypatch.setattr(bilateral.execution, "cpu_computes_bf16", lambda: True)
     assert choose_precision(spec, torch.device("cpu")) == ("bf16", "")
-    monkeypatch.setattr(bilateral.train, "cpu_computes_bf16", lambda: False)
+    monkeypatch.setattr(bilateral.execution, "cpu_computes_bf16", lambda: False)
     precision, why = choose_precision(spec, torch.device("cpu"))
     assert precision == "fp32" and "this CPU has no bf16 instructions (AVX512-BF16 or AMX)" in why
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: False)
@@ -135,7 +136,7 @@ def test_bf16_only_where_the_device_has_it(monkeypatch):
 def test_records_say_when_fp32_convolutions_run_in_tf32(monkeypatch):
     """PyTorch's default lets cuDNN run fp32 convolutions in TF32 on Ampere and newer: the paper and
     authors presets (bf16 off) would say fp32 while computing in TF32. The record says which."""
-    from bilateral.runtime import tf32_state
+    from bilateral.execution import tf32_state
 
     assert tf32_state(torch.device("cpu")) is None
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda dev=None: (9, 0))  # an H100
@@ -163,7 +164,7 @@ def test_evaluation_logits_are_fp32_even_for_a_bf16_run():
     """bf16 autocast rounds logits; evaluation must not, whatever train.bf16 says."""
     from bilateral.assemble import build_model
     from bilateral.data.loader import DeviceLoader, LoaderOptions
-    from bilateral.train import load_data, make_splits
+    from bilateral.run_data import load_data, make_splits
 
     (spec,) = [s for s in _plan("train.bf16=true") if s.kind == "unilateral"]
     data = load_data(spec.data.source, tiny_config().data_dir, True)

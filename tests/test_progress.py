@@ -4,9 +4,9 @@ comes after the line that says it is a toy-scale machinery check."""
 
 import subprocess
 
+from bilateral.execution import cpu_computes_bf16
 from bilateral.report import REAL_COMPARISON
 from bilateral.store import SweepStore
-from bilateral.train import cpu_computes_bf16
 from tests.conftest import sweep_cmd
 
 

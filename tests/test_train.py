@@ -7,8 +7,9 @@ import torch
 from bilateral.errors import CheckpointError
 from bilateral.interrupt import Interrupted
 from bilateral.models import build_backbone
+from bilateral.run_data import load_data, make_splits
 from bilateral.store import RunStore, SweepStore
-from bilateral.train import load_data, make_splits, run
+from bilateral.train import run
 from tests.conftest import REPO, Killed, die_after_first_epoch
 
 

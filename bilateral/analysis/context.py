@@ -19,11 +19,12 @@ from torch import nn
 from bilateral.assemble import build_model
 from bilateral.data import DeviceLoader, HierarchicalDataset, LoaderOptions, normalize
 from bilateral.errors import BilateralError, DamagedFileError
+from bilateral.execution import resolve_device
 from bilateral.experiment import RunSpec
 from bilateral.kinds import kind_of, with_role
 from bilateral.models import load_state_strict
+from bilateral.run_data import run_data
 from bilateral.store import RunStore, SweepStore
-from bilateral.train import resolve_device, run_data
 
 log = logging.getLogger(__name__)
 

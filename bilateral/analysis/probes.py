@@ -17,8 +17,8 @@ import torch
 from bilateral.analysis.context import AnalysisError, SweepContext
 from bilateral.analysis.report import Section, pm
 from bilateral.data import DeviceLoader, HierarchicalDataset, LoaderOptions
+from bilateral.run_data import make_splits
 from bilateral.store import write_atomic
-from bilateral.train import make_splits
 
 FOLDS = 5
 

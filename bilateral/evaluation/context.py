@@ -22,11 +22,12 @@ from torch import nn
 from bilateral.analysis.context import AnalysisError
 from bilateral.assemble import build_model
 from bilateral.data import HierarchicalDataset, normalize, stratified_subset
+from bilateral.execution import resolve_device
 from bilateral.experiment import RunSpec
 from bilateral.kinds import kind_of
 from bilateral.models import Ensemble, load_state_strict
+from bilateral.run_data import run_data
 from bilateral.store import RunStore, SweepStore
-from bilateral.train import resolve_device, run_data
 
 log = logging.getLogger(__name__)
 HEADS = ("fine", "coarse")

@@ -24,8 +24,8 @@ from bilateral.data import stratified_subset
 from bilateral.data.holdout import split_held_out
 from bilateral.evaluation import figures
 from bilateral.evaluation.context import EVAL_BATCH, EvalContext, Evaluated, EvaluationError
+from bilateral.run_data import load_data
 from bilateral.store import write_atomic
-from bilateral.train import load_data
 
 log = logging.getLogger(__name__)
 SHOTS = (1, 5, 10)
