@@ -13,7 +13,7 @@ from bilateral.errors import CheckpointError, ConfigError, DamagedFileError, Dis
 from bilateral.experiment import Plan, RunSpec, group_name
 from bilateral.placement import Placement
 from bilateral.store import SweepStore
-from bilateral.train import run_group
+from bilateral.training import run_group
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +135,7 @@ def _unpaired(record: dict) -> bool:
 
 
 def fusion_groups(specs: list[RunSpec], k: int, store: SweepStore) -> list[list[RunSpec]]:
-    """The specs in groups of at most k that train as one fused network (bilateral.train.run_group):
+    """The specs in groups of at most k that train as one fused network (bilateral.training.run_group):
     same RunSpec.fusion_key and the same last checkpoint epoch, so that a group resumes together.
     k = 1, and runs that never fuse (ensembles), give groups of one."""
     buckets: dict[tuple, list[RunSpec]] = {}

@@ -82,7 +82,8 @@ from bilateral.models import UnilateralNet, build_backbone, count_parameters
 from bilateral.models.fused import fuse, split_outputs, stack_inputs
 from bilateral.run_data import load_data
 from bilateral.store import RunStore
-from bilateral.train import evaluate_members, loss_fn
+from bilateral.training.objective import loss_fn
+from bilateral.training.scoring import evaluate_members
 
 
 def _installed(module: str) -> bool:

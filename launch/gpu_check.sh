@@ -113,7 +113,7 @@ preflight() {  # before any stage: a lease is too short to learn of a missing pi
 import importlib, os, shutil, sys, sysconfig
 problems, notes = [], []
 for name in ("torch", "torchvision", "numpy", "pandas", "yaml", "omegaconf", "tabulate", "PIL", "pytest",
-             "bilateral.train", "bilateral.sweep", "bilateral.report"):  # what the stages import
+             "bilateral.training", "bilateral.sweep", "bilateral.report"):  # what the stages import
     try:
         importlib.import_module(name)
     except Exception as exc:  # noqa: BLE001 - any failure to import is the finding

@@ -1,7 +1,7 @@
 """--cluster ray: each stage's runs become Ray Tune trials; a run with --workers-per-run N > 1 is a
 Ray Train TorchTrainer (DDP) driven from its trial, as Ray Train V2 recommends.
 
-Every trial calls the same bilateral.train.run() as the local backend and writes into the same
+Every trial calls the same bilateral.training.run() as the local backend and writes into the same
 results/<sweep>/ store, which must be on storage every node sees (a shared filesystem) when the
 cluster has several nodes. Failures: a trial or Train worker group that dies is restarted
 (--max-failures) and its run resumes from results/<sweep>/runs/<id>/checkpoints/last.pt.
@@ -135,7 +135,7 @@ def _run_trial(trial: dict, settings: dict) -> None:
     TorchTrainer with N DDP workers."""
     from ray import tune
 
-    from bilateral.train import run_group
+    from bilateral.training import run_group
 
     group = settings["groups"][trial["group"]]
     config = {**settings["common"], "spec": group[0]}  # a DDP trial's one run, for its workers
@@ -183,7 +183,7 @@ def _train_worker(config: dict) -> None:
     import ray.train
     import ray.train.torch
 
-    from bilateral.train import run
+    from bilateral.training import run
 
     placement: Placement = config["placement"]
     hide_gpus_unless_given(placement)

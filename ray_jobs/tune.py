@@ -66,7 +66,7 @@ def _trial(config: dict[str, Any], job: TrialJob) -> None:
     import torch
     from ray import tune
 
-    from bilateral.train import run, run_group
+    from bilateral.training import run, run_group
 
     hide_gpus_unless_given(job.placement)
     torch.set_num_threads(min(job.placement.threads, os.cpu_count() or 1))

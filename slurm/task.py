@@ -1,4 +1,4 @@
-"""What one Slurm task runs: its share of a list of RunSpecs, through bilateral.train.run.
+"""What one Slurm task runs: its share of a list of RunSpecs, through bilateral.training.run.
 
 submitit pickles a `RunTask` and the list of specs of one array element; every Slurm task of that
 element (srun starts `ntasks` copies) unpickles them and calls `RunTask(specs)`:
@@ -129,7 +129,8 @@ class RunTask(submitit.helpers.Checkpointable):
         return outcome
 
     def _run_distributed(self, pairs: list[tuple[RunSpec, str]]) -> dict[str, str | None]:
-        """One process group over this job's tasks; bilateral.train.run trains across it (rank 0 writes)."""
+        """One process group over this job's tasks; bilateral.training.run trains across it (rank 0
+        writes)."""
         import torch
         import torch.distributed as dist
 

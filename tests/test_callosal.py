@@ -13,7 +13,7 @@ from bilateral.models import BilateralNet, ResNet9
 from bilateral.models.callosal import CallosalNet
 from bilateral.store import SweepStore
 from bilateral.sweep import fusion_groups
-from bilateral.train import run
+from bilateral.training import run
 from tests.conftest import CIFAR10_JPG, REPO, Killed, die_after_first_epoch, sweep_cmd, tiny_config
 
 ROWS = [row.name for row in load_comparison("callosal").rows if row.base == "callosal"]  # six variants

@@ -1,4 +1,4 @@
-"""DDP over 2 gloo processes on this CPU, through bilateral.train.run as Slurm and Ray call it: a
+"""DDP over 2 gloo processes on this CPU, through bilateral.training.run as Slurm and Ray call it: a
 failure on one rank ends both, ranks draw their own dropout masks and draw them again after a
 resume, and a rank that would read a stale last.pt still resumes from rank 0's epoch."""
 
@@ -20,7 +20,7 @@ from bilateral import distributed
 from bilateral.distributed import PEER_FAILED_EXIT
 from bilateral.experiment import build_plan
 from bilateral.store import RunStore, SweepStore
-from bilateral.train import run
+from bilateral.training import run
 from tests.conftest import tiny_config
 
 OVERRIDES = ["plan.models=[unilateral]", "model.dropout=0.5", "train.epochs=3"]

@@ -22,7 +22,8 @@ from bilateral.models.fused import (
 )
 from bilateral.store import SweepStore
 from bilateral.sweep import fusion_groups
-from bilateral.train import loss_fn, run, run_group
+from bilateral.training import run, run_group
+from bilateral.training.objective import loss_fn
 from tests.conftest import REPO, Killed, die_after_first_epoch
 
 DATA = str(REPO / "data")

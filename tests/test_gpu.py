@@ -12,7 +12,7 @@ from bilateral.data.loader import DeviceLoader, LoaderOptions
 from bilateral.experiment import build_plan
 from bilateral.run_data import load_data, make_splits
 from bilateral.store import SweepStore
-from bilateral.train import run_group
+from bilateral.training import run_group
 from tests.conftest import REPO, tiny_config
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

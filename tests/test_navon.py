@@ -13,7 +13,7 @@ from bilateral.errors import ConfigError
 from bilateral.experiment import build_plan
 from bilateral.run_data import make_splits
 from bilateral.store import SweepStore
-from bilateral.train import run
+from bilateral.training import run
 from tests.conftest import tiny_config
 
 

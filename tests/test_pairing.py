@@ -10,7 +10,7 @@ from bilateral.config import load_config
 from bilateral.experiment import RunSpec, build_plan
 from bilateral.models import BilateralNet, UnilateralNet
 from bilateral.store import SweepStore
-from bilateral.train import run
+from bilateral.training import run
 from tests.conftest import tiny_config
 
 

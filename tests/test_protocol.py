@@ -22,7 +22,7 @@ from bilateral.experiment import RunSpec, build_plan
 from bilateral.report import markdown, runs_table, setting_effects, summarize, write_report
 from bilateral.run_data import load_data
 from bilateral.store import SweepStore, write_json
-from bilateral.train import run
+from bilateral.training import run
 from tests.conftest import REPO, tiny_config
 
 AUTHORS = {  # each setting of the authors' protocol that `paper` makes differently

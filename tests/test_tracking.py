@@ -9,7 +9,7 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from bilateral.store import RunStore, SweepStore
-from bilateral.train import run
+from bilateral.training import run
 from tests.conftest import REPO, Killed, sweep_cmd
 
 EPOCH_TAGS = {"train/loss", "train/lr", "speed/images_per_s", "val/acc_fine", "val/loss_fine", "val/score"}

@@ -9,7 +9,7 @@ from bilateral.interrupt import Interrupted
 from bilateral.models import build_backbone
 from bilateral.run_data import load_data, make_splits
 from bilateral.store import RunStore, SweepStore
-from bilateral.train import run
+from bilateral.training import run
 from tests.conftest import REPO, Killed, die_after_first_epoch
 
 

@@ -39,7 +39,7 @@ Parts = Mapping[str, tuple[str, np.ndarray]]
 
 
 def split_parts(splits) -> dict[str, tuple[str, np.ndarray]]:
-    """The parts of bilateral.train.Splits (val is held out of the train split)."""
+    """The parts of bilateral.run_data.Splits (val is held out of the train split)."""
     return {"train": ("train", splits.train), "val": ("train", splits.val), "test": ("test", splits.test)}
 
 

@@ -5,10 +5,10 @@ number of backbones and inference FLOPs as a bilateral net."""
 
 from __future__ import annotations
 
-from bilateral.errors import ConfigError
+from bilateral.errors import CheckpointError, ConfigError
 from bilateral.kinds.registry import Kind, register
 from bilateral.models import Ensemble as EnsembleNet
-from bilateral.models import UnilateralNet, build_backbone
+from bilateral.models import UnilateralNet, build_backbone, count_parameters, load_state_strict
 
 RESNET_BASELINES = ("resnet18", "resnet34")  # CIFAR ResNets with both heads, rows of their own
 
@@ -50,6 +50,40 @@ class Ensemble(Kind):
     def network(self, spec, num_fine, num_coarse):
         """Its top_k members, as they infer together (mean of logits)."""
         return EnsembleNet([UNILATERAL.build(spec, num_fine, num_coarse) for _ in range(spec.top_k)])
+
+    def assemble(self, spec, store, data, device):
+        """The mean of logits of the top_k pool members, ranked by validation score (never by test),
+        each at the checkpoint its score was measured on."""
+        from bilateral.assemble import build_model
+        from bilateral.experiment import RunSpec
+
+        members = []
+        for dep_id in spec.depends_on:
+            dep = store.run(dep_id)
+            if not dep.is_finished():
+                raise CheckpointError(
+                    f"{spec.run_id} needs pool member {dep_id}, which has not finished: rerun the sweep"
+                )
+            record = dep.read_record()
+            members.append((-record["val_score"], record["member"], dep))
+        chosen = [dep for _, _, dep in sorted(members, key=lambda m: m[:2])[: spec.top_k]]
+        nets = []
+        for dep in chosen:
+            record = dep.read_record()
+            net = build_model(RunSpec.from_dict(record["spec"]), data.num_fine, data.num_coarse)
+            tested = record.get("tested_checkpoint", "best")
+            load_state_strict(
+                net, dep.load_checkpoint(tested)["model"], str(dep.path(f"checkpoints/{tested}.pt"))
+            )
+            nets.append(net)
+        model = EnsembleNet(nets).to(device)
+        return model, {
+            "members": [d.run_id for d in chosen],
+            "params": count_parameters(model),
+            "trainable_params": 0,
+            "train_time_s": 0.0,
+            "wall_s": 0.0,
+        }
 
 
 UNILATERAL = register(Unilateral())

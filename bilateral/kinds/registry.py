@@ -68,6 +68,13 @@ class Kind:
     def prepare(self, spec: RunSpec, store: SweepStore, model: nn.Module) -> None:
         """After initialisation: load what the run depends on, freeze what must not train."""
 
+    def assemble(
+        self, spec: RunSpec, store: SweepStore, data: HierarchicalDataset, device: torch.device
+    ) -> tuple[nn.Module, dict]:
+        """A kind that does not train (trains = False) builds its model from finished runs here:
+        (the model, its record's fields)."""
+        raise ConfigError(f"{self.name} runs train: they are not assembled")
+
     def weight_decay(self, optim: OptimConfig) -> float:
         return optim.weight_decay
 

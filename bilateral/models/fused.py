@@ -149,7 +149,7 @@ def unfuse(fused: nn.Module, template: nn.Module, k: int) -> list[dict[str, Tens
 
 
 def _trainable(model: nn.Module) -> list[Tensor]:
-    """The parameters an optimiser over `model` holds, in its order (bilateral.train builds it so)."""
+    """The parameters an optimiser over `model` holds, in its order (bilateral.training builds it so)."""
     return [p for p in model.parameters() if p.requires_grad]
 
 

@@ -4,13 +4,13 @@ the run whose id starts with $FAIL_ON_RANK1 raises as it starts training; rank 0
 import os
 
 if os.environ.get("SLURM_PROCID") == "1" and os.environ.get("FAIL_ON_RANK1"):
-    import bilateral.train as train
+    import bilateral.training.loop as loop
 
-    _train = train._train
+    _train = loop.train_members
 
     def _failing(specs, *args, **kwargs):
         if specs[0].run_id.startswith(os.environ["FAIL_ON_RANK1"]):
             raise RuntimeError("injected failure on rank 1")
         return _train(specs, *args, **kwargs)
 
-    train._train = _failing
+    loop.train_members = _failing
