@@ -8,8 +8,8 @@ import torch
 from bilateral.errors import ConfigError
 from bilateral.execution import choose_precision, resolve_device
 from bilateral.placement import Offer, place
-from bilateral.training.loop import epoch_seed
 from bilateral.training.scoring import evaluate
+from bilateral.training.trainer import epoch_seed
 from tests.conftest import tiny_config
 
 GPU_NODE = Offer(gpus=8, cpus=64, source="the Ray cluster")

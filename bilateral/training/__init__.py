@@ -1,6 +1,6 @@
 """The training wing: run(spec, store) -> record, the one function every backend executes.
 
-lifecycle (skip, fail together, dispatch), loop (epochs and checkpoints), objective (optimiser,
+lifecycle (skip, fail together, dispatch), trainer (the loop in named phases), objective (optimiser,
 schedule, loss), scoring (evaluation and checkpoint choice), checkpoints (state between epochs),
 record (the finished run's predictions and record).
 """

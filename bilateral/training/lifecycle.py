@@ -1,7 +1,7 @@
 """run(spec, store) -> record: the one function every backend executes.
 
 Skip what is finished, fail together under DDP, write the spec, prepare the run's device and data,
-then train it (bilateral.training.loop) or let its kind assemble it (ensembles), and finish it
+then train it (bilateral.training.trainer) or let its kind assemble it (ensembles), and finish it
 (bilateral.training.record)."""
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from bilateral.placement import Placement
 from bilateral.run_data import check_batches, make_splits, run_data
 from bilateral.store import SweepStore
 from bilateral.tracking import trackers_of
-from bilateral.training import loop
+from bilateral.training import trainer
 from bilateral.training.record import finish_run
 
 log = logging.getLogger(__name__)
@@ -158,7 +158,7 @@ def _run_unfinished(specs, store, device, data_dir, on_epoch, placement) -> list
     if spec.trains:
         first = loader("train", data.train, splits.train, True, spec.train.batch_size, spec.data_seed)
         trains = [first, *(first.with_seed(s.data_seed) for s in specs[1:])]  # each member's own stream
-        trained = loop.train_members(specs, store, data, trains, val, dev, on_epoch, precision)
+        trained = trainer.Trainer(specs, store, data, trains, val, dev, on_epoch, precision).fit()
     else:
         trained = [spec.kind_spec.assemble(spec, store, data, dev)]  # e.g. an ensemble of finished runs
     fused_with = [s.run_id for s in specs] if len(specs) > 1 else []

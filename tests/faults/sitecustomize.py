@@ -4,13 +4,13 @@ the run whose id starts with $FAIL_ON_RANK1 raises as it starts training; rank 0
 import os
 
 if os.environ.get("SLURM_PROCID") == "1" and os.environ.get("FAIL_ON_RANK1"):
-    import bilateral.training.loop as loop
+    from bilateral.training.trainer import Trainer
 
-    _train = loop.train_members
+    _fit = Trainer.fit
 
-    def _failing(specs, *args, **kwargs):
-        if specs[0].run_id.startswith(os.environ["FAIL_ON_RANK1"]):
+    def _failing(self):
+        if self.spec.run_id.startswith(os.environ["FAIL_ON_RANK1"]):
             raise RuntimeError("injected failure on rank 1")
-        return _train(specs, *args, **kwargs)
+        return _fit(self)
 
-    loop.train_members = _failing
+    Trainer.fit = _failing
