@@ -21,10 +21,8 @@ from pathlib import Path
 
 import pandas as pd
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bilateral.errors import BilateralError  # noqa: E402
-from bilateral.store import SweepStore, write_atomic  # noqa: E402
+from bilateral.errors import BilateralError
+from bilateral.store import SweepStore, write_atomic
 
 HEADS = ("fine", "coarse")
 

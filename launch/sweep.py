@@ -22,8 +22,6 @@ from urllib.parse import urlsplit
 
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # ray_jobs/ and slurm/ sit beside launch/
-
 from bilateral.config import PRESETS, SweepConfig, load_config, parse_seeds, to_dict
 from bilateral.contrasts import check_declared
 from bilateral.data.sources import check_dataset_spec, class_counts, image_size_of, train_size_of
@@ -34,23 +32,17 @@ from bilateral.flags import ranged
 from bilateral.interrupt import Interrupted, install
 from bilateral.models.registry import BACKBONES
 from bilateral.paths import check_dir, check_file
-from bilateral.placement import Offer, Placement, local_offer, place
 from bilateral.reach import check_mlflow, check_wandb
 from bilateral.report import markdown, runs_table, write_report
 from bilateral.store import SweepStore
-from bilateral.sweep import InProcessExecutor, check_one_configuration, fusion_groups, run_sweep
+from bilateral.sweep import check_one_configuration, fusion_groups
+from launch.backends import BACKENDS, add_backend_arguments
 
 log = logging.getLogger("sweep")
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument(
-        "--cluster",
-        choices=["local", "ray", "slurm"],
-        default="local",
-        help="where runs execute: local = in this process, one after another",
-    )
     p.add_argument("--preset", default="smoke", help=f"one of {', '.join(PRESETS)} (default smoke)")
     p.add_argument("--config", help="YAML file of overrides, applied after the preset")
     p.add_argument(
@@ -88,8 +80,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--analyze", action="store_true", help="after the sweep, run launch/analyze.py on it")
     p.add_argument("--status", metavar="SWEEP_DIR", help="print where a sweep stands (runs, jobs) and exit")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="any config key, e.g. train.epochs=2")
-    for name, backend in BACKENDS.items():
-        backend().add_arguments(p.add_argument_group(f"--cluster {name}"))
+    add_backend_arguments(p)
     return p.parse_intermixed_args(argv)
 
 
@@ -220,57 +211,12 @@ def substrates_table(plan: Plan, data_spec: str) -> list[str]:
     return lines
 
 
-class LocalBackend:
-    """Runs in this process, one after another."""
-
-    @staticmethod
-    def add_arguments(parser: argparse.ArgumentParser) -> None:
-        pass
-
-    @staticmethod
-    def run(args: argparse.Namespace, cfg: SweepConfig, plan: Plan, store: SweepStore) -> dict[str, str]:
-        offer = local_offer()
-        placement = place(cfg.device, None, None, 1, offer, default_cpus_per_worker=offer.cpus)
-        for note in (placement.note, idle_gpus_note(offer, placement)):
-            if note:
-                log.warning("%s", note)
-        executor = InProcessExecutor(store, plan, placement.device, cfg.data_dir, args.fuse, placement)
-        return run_sweep(plan, store, executor)
-
-
-def idle_gpus_note(offer: Offer, placement: Placement) -> str:
-    """What to say when --cluster local, one run at a time on one GPU, leaves this machine's others idle."""
-    if not placement.on_gpu or offer.gpus <= 1:
-        return ""
-    return (
-        f"this machine has {offer.gpus:g} GPUs, but --cluster local trains one run at a time on "
-        f"{placement.device}: the other {offer.gpus - 1:g} stay idle. For one run per GPU at once, use "
-        f"--cluster ray --num-cpus {int(offer.cpus)} (a Ray instance on this machine; docs/ray.md)"
-    )
-
-
-def _ray_backend():
-    from ray_jobs import backend
-
-    return backend
-
-
-def _slurm_backend():
-    from slurm import backend
-
-    return backend
-
-
-# Each backend module has add_arguments(parser) and run(args, cfg, plan, store) -> {run_id: error}.
-BACKENDS = {"local": lambda: LocalBackend, "ray": _ray_backend, "slurm": _slurm_backend}
-BACKEND_LIBRARY = {"ray": "ray", "slurm": "submitit"}  # what each backend drives (an optional extra)
-
-
 def required_libraries(args: argparse.Namespace, cfg: SweepConfig) -> dict[str, str]:
     """{module: what needs it} of the optional extras this command uses: checked before any training."""
     needs = {}
-    if args.cluster in BACKEND_LIBRARY:
-        needs[BACKEND_LIBRARY[args.cluster]] = f"--cluster {args.cluster}"
+    library = BACKENDS[args.cluster].library
+    if library:
+        needs[library] = f"--cluster {args.cluster}"
     if cfg.data.loader == "ffcv":
         needs["ffcv"] = "data.loader=ffcv"
     if args.analyze:
@@ -314,7 +260,7 @@ def main(argv: list[str]) -> int:
     store.write_plan(to_dict(cfg), plan.runs)
     log.info("sweep %s: %d runs in %d stages -> %s", cfg.name, len(plan.runs), len(plan.stages), store.root)
     try:
-        failed = BACKENDS[args.cluster]().run(args, cfg, plan, store)
+        failed = BACKENDS[args.cluster].load().run(args, cfg, plan, store)
     except (Interrupted, KeyboardInterrupt) as exc:  # a backend's library may raise its own Ctrl-C
         signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
         print(where_it_stands(signal.Signals(signum).name, plan, store), file=sys.stderr)

@@ -21,9 +21,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bilateral.store import SweepStore, write_atomic  # noqa: E402
+from bilateral.store import SweepStore, write_atomic
 
 RECIPES = {
     "authors": ["--preset", "paper", "train.bf16=true", "train.channels_last=true"],

@@ -25,14 +25,13 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bilateral.config import PRESETS, SweepConfig, parse_seeds  # noqa: E402
-from bilateral.errors import BilateralError, ConfigError  # noqa: E402
-from bilateral.extras import require  # noqa: E402
-from bilateral.tuning.rows import own_runs, row_order, tuning_config, tuning_plan  # noqa: E402
-from bilateral.tuning.space import BUDGETS, Budget, SearchSpace, load_space  # noqa: E402
-from launch.sweep import resolve_config  # noqa: E402
+from bilateral.config import PRESETS, SweepConfig, parse_seeds
+from bilateral.errors import BilateralError, ConfigError
+from bilateral.extras import require
+from bilateral.tuning.rows import own_runs, row_order, tuning_config, tuning_plan
+from bilateral.tuning.space import BUDGETS, Budget, SearchSpace, load_space
+from launch.backends import add_placement_arguments
+from launch.sweep import resolve_config
 
 log = logging.getLogger("tune")
 
@@ -62,6 +61,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--space", help="search space YAML (default bilateral/tuning/space.yaml)")
     p.add_argument("--dry-run", action="store_true", help="print the rows, their spaces and the budget")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="any config key, e.g. train.epochs=2")
+    add_placement_arguments(p)
     backend.add_arguments(p.add_argument_group("Ray"))
     p.set_defaults(seeds=None, fuse=1)  # resolve_config reads --seeds: the comparison's, from its preset
     return p.parse_intermixed_args(argv)

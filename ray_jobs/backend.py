@@ -31,36 +31,10 @@ log = logging.getLogger(__name__)
 DRIVER_CPU = 0.01  # a Tune trial that only drives a TorchTrainer (Tune refuses an empty request)
 
 
-def add_shared_arguments(parser: argparse.ArgumentParser) -> None:
-    """--gpus-per-run / --cpus-per-run, which --cluster ray and --cluster slurm share: both backends add
-    their flags to launch/sweep.py's one parser, so the first to call this adds them, with default None,
-    and each backend resolves its own default from None."""
-    if "--gpus-per-run" in parser._option_string_actions:  # the other backend added them
-        return
-    parser.add_argument(
-        "--gpus-per-run",
-        type=ranged(float, 0),
-        help="GPUs of one run; default: 1 (one per DDP worker) where the cluster has GPUs, else 0. "
-        "Ray: a share, 0.25 packs 4 runs per GPU. Slurm: N > 1 = DDP over N GPUs",
-    )
-    parser.add_argument(
-        "--cpus-per-run",
-        type=ranged(float, 0, low_open=True),
-        help="CPUs per run (Ray: per DDP worker, default 1; Slurm: default 2)",
-    )
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--address", help="Ray cluster to join (auto, or HOST:PORT); default: start one here")
     parser.add_argument(
         "--num-cpus", type=ranged(int, 1), help="logical CPUs of the Ray instance started here"
-    )
-    add_shared_arguments(parser)
-    parser.add_argument(
-        "--workers-per-run",
-        type=ranged(int, 1),
-        default=1,
-        help="N > 1: DDP over N processes (Ray Train workers; Slurm tasks), one GPU each on GPUs",
     )
     parser.add_argument(
         "--max-failures",

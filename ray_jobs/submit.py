@@ -3,7 +3,7 @@
     export RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH=~/.ray/auth_token   # the cluster's token
     RAY_OVERRIDE_RUNTIME_ENV_DEFAULT_EXCLUDES=__pycache__ ray job submit \\
         --address http://127.0.0.1:8265 --working-dir . --runtime-env ray_jobs/runtime_env.yaml -- \\
-        python ray_jobs/submit.py --preset smoke --out /shared/bilateral/results
+        python -m ray_jobs.submit --preset smoke --out /shared/bilateral/results
 
 Ray leaves .git out of a job's working directory unless RAY_OVERRIDE_RUNTIME_ENV_DEFAULT_EXCLUDES
 says otherwise (runtime_env.yaml still leaves out .venv, data and results); without it the job says
@@ -20,9 +20,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from launch.sweep import cli  # noqa: E402
+from launch.sweep import cli
 
 HOME = Path.home() / "bilateral"
 

@@ -41,7 +41,6 @@ from bilateral.interrupt import Interrupted
 from bilateral.placement import Offer, Placement, place
 from bilateral.store import SweepStore, write_json
 from bilateral.sweep import fusion_groups, run_sweep
-from ray_jobs.backend import add_shared_arguments
 from slurm.nodes import node_local_paths
 from slurm.task import repo_root
 
@@ -72,7 +71,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="time limit of one job: minutes or [D-]HH:MM[:SS] (sbatch --time; default 240). A run "
         "that is not done by then is requeued and resumes from its last epoch",
     )
-    add_shared_arguments(parser)  # --gpus-per-run, --cpus-per-run: resolved in SlurmOptions.from_args
     parser.add_argument(
         "--mem-gb",
         type=ranged(float, 0, low_open=True),

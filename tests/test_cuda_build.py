@@ -82,7 +82,7 @@ def test_driver_floor_per_cuda_major():
 def test_a_local_sweep_on_a_machine_of_8_gpus_says_7_stay_idle():
     """--cluster local trains one run at a time on GPU 0; it says so at start and names the fix."""
     from bilateral.placement import Offer, place
-    from launch.sweep import idle_gpus_note
+    from launch.local import idle_gpus_note
 
     eight = Offer(8, 128, "this machine (torch.cuda)")
     note = idle_gpus_note(eight, place("auto", None, None, 1, eight, 128))

@@ -118,7 +118,7 @@ def test_ray_job_submit(tmp_path, token_cluster):
     assert lines and "/bilateral/data/__init__.py" in lines[0] and not lines[0].startswith(str(REPO))
     out = tmp_path / "results"
     sweep = ["--out", str(out), "--device", "cpu", "--models", "unilateral", "--seeds", "0", *TINY, DATA_DIR]
-    job_submit(info["dashboard"], env, "python", "ray_jobs/submit.py", *sweep)
+    job_submit(info["dashboard"], env, "python", "-m", "ray_jobs.submit", *sweep)
     summary = pd.read_csv(out / "summary.csv")
     assert summary.loc[0, "model"] == "unilateral" and 0 < summary.loc[0, "coarse_acc_mean"] <= 1
     (record,) = out.glob("*/runs/*/record.json")
