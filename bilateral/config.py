@@ -92,9 +92,7 @@ class OptimConfig:
 @dataclass
 class TrainConfig:
     epochs: int = bounded(180, 1)
-    batch_size: int = bounded(
-        256, 1
-    )  # at most the training split (bilateral.run_data.check_batches)
+    batch_size: int = bounded(256, 1)  # at most the training split (bilateral.run_data.check_batches)
     eval_batch_size: int = bounded(1024, 1)
     # Epochs of runs that train heads only, on frozen backbones (bilateral-specialised and its
     # controls): heads on fixed features reach their asymptote long before a backbone does.
