@@ -34,7 +34,14 @@ from bilateral.store import SweepStore, write_atomic
 
 log = logging.getLogger(__name__)
 MIN_PAIRS = 3  # fewer paired seeds: the report says its tests mean nothing
-REFERENCE = next(kind.name for kind in all_kinds() if kind.reference)  # the paper's model
+
+
+def reference_model() -> str:
+    """The paper's model, the row every other is compared with (read from the kinds' registry when
+    needed, not at import, so that plug-in kinds loaded later count)."""
+    return next(kind.name for kind in all_kinds() if kind.reference)
+
+
 RUN_COLUMNS = [
     "run_id",
     "model",
@@ -135,12 +142,12 @@ def _std(values: pd.Series, ddof: int) -> float:
 def paired_differences(runs: pd.DataFrame, ddof: int = 1) -> pd.DataFrame:
     """Each baseline minus the reference row on the same seeds, with a paired t-test over seeds."""
     runs = runs[runs["member"] == 0]
-    reference = runs[runs["model"] == REFERENCE]
+    reference = runs[runs["model"] == reference_model()]
     if reference.empty:
         return pd.DataFrame()
     reference = reference[reference["backbone"] == sorted(reference["backbone"])[0]].set_index("seed")
     out = []
-    for (model, backbone), group in runs[runs["model"] != REFERENCE].groupby(["model", "backbone"]):
+    for (model, backbone), group in runs[runs["model"] != reference_model()].groupby(["model", "backbone"]):
         out.append({"model": model, "backbone": backbone, **_paired(group, reference, ddof)})
     return pd.DataFrame(out)
 
@@ -390,7 +397,7 @@ def markdown(
     if not diffs.empty:
         label = {"baseline": diffs["model"] + " / " + diffs["backbone"]}
         text += [
-            f"## {lead}ach baseline minus {REFERENCE}",
+            f"## {lead}ach baseline minus {reference_model()}",
             "",
             paired,
             "",
@@ -473,7 +480,7 @@ def _forest_rows(primary: pd.DataFrame | None, diffs: pd.DataFrame, effects: pd.
             for r in primary.itertuples()
         ]
     for table, label in (
-        (diffs, lambda d: f"{d.model} / {d.backbone} − {REFERENCE}"),
+        (diffs, lambda d: f"{d.model} / {d.backbone} − {reference_model()}"),
         (effects, lambda d: f"{d.model} − {d.of}"),
     ):
         for d in table.itertuples():

@@ -35,8 +35,6 @@ SPECIALISED = next(k.name for k in with_role("bilateral") if k.from_hemispheres)
 UNSPECIALISED = next(k.name for k in with_role("bilateral") if not k.from_hemispheres)
 BILATERAL = (SPECIALISED, UNSPECIALISED)
 KINDS = (LEFT, RIGHT, *BILATERAL)
-# How to obtain each kind: the sweep flag that trains it (its dependencies come with it).
-HOW_TO_GET = {name: kind_of(name).how_to_get for name in KINDS}
 
 
 def _analysed(spec: dict) -> bool:
@@ -61,7 +59,7 @@ class AnalysisError(BilateralError):
 
 def missing_message(part: str, kinds: list[str], root: Path) -> str:
     needs = ", ".join(kinds)
-    how = "; ".join(f"{k}: `python launch/sweep.py {HOW_TO_GET[k]}`" for k in kinds)
+    how = "; ".join(f"{k}: `python launch/sweep.py {kind_of(k).how_to_get}`" for k in kinds)
     return (
         f"{part} needs finished {needs} run(s) of the same seed, and {root} has none. "
         f"Train them into this sweep (same --out/--name, preset and data) with {how}; "

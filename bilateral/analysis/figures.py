@@ -16,7 +16,13 @@ from matplotlib import colors as mcolors  # noqa: E402
 from bilateral.kinds import all_kinds  # noqa: E402
 
 LEFT_COLOUR, RIGHT_COLOUR = "tab:blue", "tab:orange"
-KIND_COLOURS = {kind.name: kind.colour for kind in all_kinds() if kind.colour}
+
+
+def kind_colours() -> dict[str, str]:
+    """Each kind's colour in figures, read from the registry when drawing (plug-in kinds included)."""
+    return {kind.name: kind.colour for kind in all_kinds() if kind.colour}
+
+
 REP_COLOURS = {
     "left": LEFT_COLOUR,
     "right": RIGHT_COLOUR,
@@ -50,7 +56,7 @@ def _hbars(ax, df: pd.DataFrame, label_col: str, kinds: list[str], mono: bool) -
             d["mean"],
             height,
             xerr=d["std"].fillna(0),
-            color=KIND_COLOURS.get(kind, "tab:gray"),
+            color=kind_colours().get(kind, "tab:gray"),
             alpha=0.8,
             label=kind,
             capsize=2,

@@ -31,7 +31,7 @@ from bilateral.evaluation.context import EvalContext, Evaluated, EvaluationError
 from bilateral.evaluation.corruptions import cached_corruption, corruption_names
 from bilateral.evaluation.robustness import HeadLogits, adversarial
 from bilateral.kinds import kind_of
-from bilateral.report import REFERENCE
+from bilateral.report import reference_model
 from bilateral.store import write_atomic
 
 log = logging.getLogger(__name__)
@@ -191,7 +191,7 @@ def run(ctx: EvalContext, out: Path) -> Section:
     section.table(
         wide[["model", "score", *[t for t in TASKS if t in wide.columns]]].fillna("—"), numparse=False
     )
-    section.compare_seeds(table, "auroc", ["task", "score"], "model", REFERENCE)
+    section.compare_seeds(table, "auroc", ["task", "score"], "model", reference_model())
     section.figure(
         figures.detection_bars(table, out / "figures" / "detection.png"),
         "AUROC of each score, mean over seeds",

@@ -23,7 +23,7 @@ from bilateral.analysis.report import Section, pm
 from bilateral.evaluation import figures
 from bilateral.evaluation.context import EvalContext, Evaluated, EvaluationError, accuracy, logits
 from bilateral.extras import require
-from bilateral.report import REFERENCE
+from bilateral.report import reference_model
 from bilateral.store import write_atomic
 
 log = logging.getLogger(__name__)
@@ -157,7 +157,7 @@ def run(ctx: EvalContext, out: Path) -> Section:
     pgd_own = table[(table.attack == "none") | ((table.attack == "pgd") & (table.target == table["head"]))]
     shown = _pivot(pgd_own)
     section.table(shown, numparse=False)
-    section.compare_seeds(pgd_own, "acc", ["head", "eps"], "model", REFERENCE)
+    section.compare_seeds(pgd_own, "acc", ["head", "eps"], "model", reference_model())
     summed = table[(table.attack == "pgd") & (table.target == "summed")]
     if len(summed):
         section.add("PGD on the summed loss of both heads:", "")

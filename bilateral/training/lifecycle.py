@@ -23,8 +23,8 @@ from bilateral.placement import Placement
 from bilateral.run_data import check_batches, make_splits, run_data
 from bilateral.store import SweepStore
 from bilateral.tracking import trackers_of
-from bilateral.training import trainer
 from bilateral.training.record import finish_run
+from bilateral.training.trainer import Trainer
 
 log = logging.getLogger(__name__)
 
@@ -158,7 +158,7 @@ def _run_unfinished(specs, store, device, data_dir, on_epoch, placement) -> list
     if spec.trains:
         first = loader("train", data.train, splits.train, True, spec.train.batch_size, spec.data_seed)
         trains = [first, *(first.with_seed(s.data_seed) for s in specs[1:])]  # each member's own stream
-        trained = trainer.Trainer(specs, store, data, trains, val, dev, on_epoch, precision).fit()
+        trained = Trainer(specs, store, data, trains, val, dev, on_epoch, precision).fit()
     else:
         trained = [spec.kind_spec.assemble(spec, store, data, dev)]  # e.g. an ensemble of finished runs
     fused_with = [s.run_id for s in specs] if len(specs) > 1 else []
