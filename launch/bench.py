@@ -8,43 +8,8 @@
     python launch/bench.py pack                                               # CPU: P = cores
     python launch/bench.py pack --device cuda --data cifar100                 # GPU: P = 4
 
-loaders: images/s of each data loader (data.loader = torch | memory | ffcv) over the same training
-images with the same augmentation (reflect-pad-4 random crop, horizontal flip, normalisation),
-batches delivered on --device: one warm-up epoch (FFCV JIT-compiles its pipeline, DataLoader
-starts its workers), then --epochs timed epochs. The ratio column is against the torch DataLoader.
-
-train: training images/s and step time of one ResNet-9 (both heads, Adam, batch 256) for: the
-plain baseline (torch DataLoader over PIL images with per-image transforms, fp32), the
-device-resident memory path, FFCV, each with channels_last / bf16 / torch.compile where asked,
-and fused training of K = 1, 4, 10 models as one network. Every variant is built and warmed up
-first, then timed in --rounds rounds of --steps steps, all variants in turn each round, so a
-shared machine's slow spells fall on all of them alike; the table gives each variant's median
-round, ratios to the baseline, the achieved TFLOP/s (6 x multiply-accumulates per image: compare
-with the device's peak) and the spread across rounds. Then the wall time the `fast` and `paper`
-presets would take on this device at this width, one run at a time, each from the variant that
-trains as its config does (data.loader, train.channels_last, train.compile, and train.bf16 where
-the device trains in bf16: bilateral.execution.choose_precision); a variant not measured in this
-invocation (no --compile, no FFCV) is named, and the closest measured one stands in. Besides the
-training steps the projection counts, measured in the same invocation, each epoch's evaluation of
-a data.val_size validation split (fp32, as training evaluates: timed over up to that many images,
-scaled to it) and the checkpoints (`last`, model + Adam state, and `best`, model, written with
-RunStore.save_checkpoint, which fsyncs, every train.checkpoint_every epochs: `best` each time, an
-upper bound). Every run is weighed against a unilateral ResNet-9 by its forward cost (training at
-a third of it for frozen hemispheres) or, for checkpoints, its parameters. On a CPU the default
-width is 1/4 so the benchmark finishes in a few minutes; on a GPU it is the paper's width 1.
-
-pack: when packing several runs on one device helps. For each width (--widths), the aggregate
-training images/s of P runs (--runs) of the memory path, all three training the identical step:
-sequential (one process with all --threads torch threads, the runs one after another, so the
-aggregate is one run's rate); packed (P concurrent processes of threads/P torch threads each,
-sharing the device, their timed steps started together after warm-up: all their images over the
-window until the last one finishes); fused (one process training the P models as one network,
-K = P). Ratios are to sequential, and a line per width names the fastest mode. Packing helps when
-one small model cannot fill the device: a narrow network's kernels are too small to keep every
-core or a GPU's SMs busy, so P of them side by side (packed) or as one P-times-wider network
-(fused) get more images through. Once one run saturates the device, packing only adds contention
-(caches, memory bandwidth) and sequential is as fast or faster: pack a sweep's runs at the widths
-where packed or fused is clearly above 1.00x.
+Each prints ratios against a plain PyTorch baseline measured in the same run; what each variant,
+projection and mode means is in docs/performance.md ("What each benchmark measures").
 """
 
 from __future__ import annotations
