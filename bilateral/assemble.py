@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from torch import nn
 
-from bilateral.experiment import RunSpec
 from bilateral.models.cifar_resnet import zero_init_residuals
+from bilateral.plan import RunSpec
 
 
 def build_model(spec: RunSpec, num_fine: int, num_coarse: int) -> nn.Module:

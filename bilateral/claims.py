@@ -17,7 +17,7 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
-from bilateral.experiment import RunSpec
+from bilateral.plan import RunSpec
 from bilateral.store import SweepStore, write_json
 
 log = logging.getLogger(__name__)

@@ -96,7 +96,7 @@ class TrainConfig:
     eval_batch_size: int = bounded(1024, 1)
     # Epochs of runs that train heads only, on frozen backbones (bilateral-specialised and its
     # controls): heads on fixed features reach their asymptote long before a backbone does.
-    # None: train.epochs. A run's spec holds the epochs it trains (bilateral.experiment).
+    # None: train.epochs. A run's spec holds the epochs it trains (bilateral.plan).
     head_epochs: int | None = bounded(None, 1)
     bf16: bool = False  # bf16 autocast for training where the GPU or CPU computes bf16; evaluation stays fp32
     channels_last: bool = False

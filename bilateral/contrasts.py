@@ -40,7 +40,7 @@ def declared(config: dict) -> Comparison | None:
 
 def check_declared(cfg) -> None:
     """Before training: every row a declared contrast names is a row of the sweep (ConfigError)."""
-    from bilateral.experiment import model_names
+    from bilateral.plan import model_names
 
     comparison = load_comparison(cfg.plan.experiment)
     comparison.check_contrast_rows(model_names(cfg, comparison))

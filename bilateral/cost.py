@@ -16,8 +16,8 @@ from dataclasses import dataclass
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from bilateral.experiment import RunSpec
 from bilateral.models.checkpoint import count_parameters
+from bilateral.plan import RunSpec
 
 BACKWARD_PER_FORWARD = 2  # a trained layer's backward: gradients of its input and of its weights
 

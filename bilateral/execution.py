@@ -20,8 +20,8 @@ import torch
 import bilateral
 from bilateral import cuda_build
 from bilateral.errors import ConfigError
-from bilateral.experiment import RunSpec
 from bilateral.placement import check_device
+from bilateral.plan import RunSpec
 
 
 def resolve_device(name: str) -> torch.device:

@@ -26,8 +26,8 @@ from bilateral import contrasts, fidelity, report_figures
 from bilateral.contrasts import POINTS
 from bilateral.cost import run_cost
 from bilateral.data.sources import class_counts
-from bilateral.experiment import RunSpec
 from bilateral.kinds import all_kinds
+from bilateral.plan import RunSpec
 from bilateral.report_figures import t_interval
 from bilateral.stats import holm
 from bilateral.store import SweepStore, write_atomic

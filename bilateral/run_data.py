@@ -16,7 +16,7 @@ from bilateral.config import DataConfig
 from bilateral.data import HierarchicalDataset, load_dataset, stratified_subset, validation_split
 from bilateral.data.holdout import without_held_out
 from bilateral.errors import ConfigError
-from bilateral.experiment import RunSpec
+from bilateral.plan import RunSpec
 
 
 @dataclass

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from bilateral.errors import CheckpointError, DamagedFileError, disk_full, is_disk_full
-from bilateral.experiment import RunSpec
+from bilateral.plan import RunSpec
 
 
 def write_atomic(path: Path, data: bytes) -> None:

@@ -10,8 +10,8 @@ from collections.abc import Callable
 from bilateral import progress
 from bilateral.claims import Claims
 from bilateral.errors import CheckpointError, ConfigError, DamagedFileError, DiskFullError, describe_failure
-from bilateral.experiment import Plan, RunSpec, group_name
 from bilateral.placement import Placement
+from bilateral.plan import Plan, RunSpec, group_name
 from bilateral.store import SweepStore
 from bilateral.training import run_group
 

@@ -21,8 +21,8 @@ import logging
 import time
 from pathlib import Path
 
-from bilateral.experiment import RunSpec
 from bilateral.extras import require
+from bilateral.plan import RunSpec
 from bilateral.store import write_atomic
 
 log = logging.getLogger(__name__)

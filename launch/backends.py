@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from bilateral.config import SweepConfig
-from bilateral.experiment import Plan
 from bilateral.flags import ranged
+from bilateral.plan import Plan
 from bilateral.store import SweepStore
 
 

@@ -36,15 +36,15 @@ from tabulate import tabulate
 from bilateral.assemble import build_model
 from bilateral.config import SweepConfig, load_config
 from bilateral.data.beton import prepare_betons
-from bilateral.data.loader import LoaderOptions
 from bilateral.data.loaders import LOADERS, make_loader
+from bilateral.data.memory_loader import LoaderOptions
 from bilateral.data.split import stratified_subset
 from bilateral.errors import ConfigError
 from bilateral.execution import choose_precision, resolve_device
-from bilateral.experiment import build_plan
 from bilateral.extras import require
 from bilateral.models import UnilateralNet, build_backbone, count_parameters
 from bilateral.models.fused import fuse, split_outputs, stack_inputs
+from bilateral.plan import build_plan
 from bilateral.run_data import load_data
 from bilateral.store import RunStore
 from bilateral.training.objective import loss_fn

@@ -7,8 +7,8 @@ import argparse
 import logging
 
 from bilateral.config import SweepConfig
-from bilateral.experiment import Plan
 from bilateral.placement import Offer, Placement, local_offer, place
+from bilateral.plan import Plan
 from bilateral.store import SweepStore
 from bilateral.sweep import InProcessExecutor, run_sweep
 

@@ -20,7 +20,7 @@ import sys
 from bilateral.config import PRESETS, load_config
 from bilateral.data.beton import prepare_betons, split_parts
 from bilateral.errors import BilateralError
-from bilateral.experiment import build_plan
+from bilateral.plan import build_plan
 from bilateral.run_data import make_splits, run_data
 
 

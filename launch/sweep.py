@@ -26,12 +26,12 @@ from bilateral.config import PRESETS, SweepConfig, load_config, parse_seeds, to_
 from bilateral.contrasts import check_declared
 from bilateral.data.sources import check_dataset_spec, class_counts, image_size_of, train_size_of
 from bilateral.errors import BilateralError, ConfigError
-from bilateral.experiment import Plan, RunSpec, build_plan, group_name
 from bilateral.extras import require
 from bilateral.flags import ranged
 from bilateral.interrupt import Interrupted, install
 from bilateral.models.registry import BACKBONES
 from bilateral.paths import check_dir, check_file
+from bilateral.plan import Plan, RunSpec, build_plan, group_name
 from bilateral.reach import check_mlflow, check_wandb
 from bilateral.report import markdown, runs_table, write_report
 from bilateral.store import SweepStore

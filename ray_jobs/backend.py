@@ -18,10 +18,10 @@ from pathlib import Path
 
 from bilateral.config import SweepConfig
 from bilateral.errors import ConfigError
-from bilateral.experiment import Plan, RunSpec, group_name
 from bilateral.flags import ranged
 from bilateral.interrupt import Interrupted
 from bilateral.placement import Offer, Placement, place
+from bilateral.plan import Plan, RunSpec, group_name
 from bilateral.store import RunStore, SweepStore
 from bilateral.sweep import fusion_groups, run_sweep
 from ray_jobs.auth import connect_error

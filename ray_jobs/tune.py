@@ -23,8 +23,8 @@ import pandas as pd
 
 from bilateral.config import SweepConfig
 from bilateral.errors import BilateralError
-from bilateral.experiment import RunSpec
 from bilateral.placement import Placement
+from bilateral.plan import RunSpec
 from bilateral.store import SweepStore, write_atomic, write_json
 from bilateral.sweep import StageExecutor, run_sweep
 from bilateral.tuning import report

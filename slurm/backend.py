@@ -35,10 +35,10 @@ from pathlib import Path
 
 from bilateral.config import SweepConfig
 from bilateral.errors import BilateralError, ConfigError
-from bilateral.experiment import Plan, RunSpec
 from bilateral.flags import ranged
 from bilateral.interrupt import Interrupted
 from bilateral.placement import Offer, Placement, place
+from bilateral.plan import Plan, RunSpec
 from bilateral.store import SweepStore, write_json
 from bilateral.sweep import fusion_groups, run_sweep
 from slurm.nodes import node_local_paths

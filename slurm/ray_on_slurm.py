@@ -33,7 +33,7 @@ from pathlib import Path
 import submitit
 
 from bilateral.config import SweepConfig
-from bilateral.experiment import Plan
+from bilateral.plan import Plan
 from bilateral.store import SweepStore, write_json
 from ray_jobs.auth import use_token, write_token
 from ray_jobs.cluster import PORT_FLAGS, RAY_CLI, free_port, stop_processes

@@ -27,8 +27,8 @@ from pathlib import Path
 
 import submitit
 
-from bilateral.experiment import RunSpec
 from bilateral.placement import Placement
+from bilateral.plan import RunSpec
 from bilateral.store import SweepStore
 from slurm.nodes import check_node_sees
 

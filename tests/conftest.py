@@ -9,7 +9,7 @@ import pytest
 
 from bilateral.comparison import load_comparison
 from bilateral.config import load_config
-from bilateral.experiment import build_plan
+from bilateral.plan import build_plan
 from bilateral.store import RunStore
 
 REPO = Path(__file__).resolve().parents[1]

@@ -23,8 +23,8 @@ from bilateral.analysis.gradcam import (
 )
 from bilateral.analysis.scenarios import SCENARIOS, correctness_table, scenario_counts
 from bilateral.analysis.similarity import same_class_pairs, summarize
-from bilateral.experiment import build_plan
 from bilateral.models import VGG11, Head, ResNet9
+from bilateral.plan import build_plan
 from bilateral.store import SweepStore
 from bilateral.sweep import InProcessExecutor, run_sweep
 from launch.analyze import main as analyze_main

@@ -8,9 +8,9 @@ import torch
 
 from bilateral.comparison import load_comparison
 from bilateral.errors import ConfigError
-from bilateral.experiment import build_plan
 from bilateral.models import BilateralNet, ResNet9
 from bilateral.models.callosal import CallosalNet
+from bilateral.plan import build_plan
 from bilateral.store import SweepStore
 from bilateral.sweep import fusion_groups
 from bilateral.training import run

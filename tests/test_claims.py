@@ -8,7 +8,7 @@ import sys
 import time
 
 from bilateral.claims import Claims
-from bilateral.experiment import build_plan
+from bilateral.plan import build_plan
 from bilateral.store import SweepStore
 from bilateral.sweep import run_claimed
 from tests.conftest import REPO, sweep_cmd, tiny_config

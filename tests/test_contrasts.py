@@ -5,7 +5,7 @@ import pytest
 from bilateral.comparison import Contrast, load_comparison
 from bilateral.config import load_config
 from bilateral.errors import ConfigError
-from bilateral.experiment import model_names
+from bilateral.plan import model_names
 
 
 def comparison(tmp_path, contrasts: str, rows: str = "[bilateral-specialised, unilateral, ensemble]"):

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from bilateral.errors import ConfigError
-from bilateral.experiment import build_plan
+from bilateral.plan import build_plan
 from tests.conftest import REPO, sweep_cmd, tiny_config
 
 

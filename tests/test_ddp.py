@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from bilateral import distributed
 from bilateral.distributed import PEER_FAILED_EXIT
-from bilateral.experiment import build_plan
+from bilateral.plan import build_plan
 from bilateral.store import RunStore, SweepStore
 from bilateral.training import run
 from tests.conftest import tiny_config

@@ -17,7 +17,7 @@ from bilateral.errors import ConfigError
 from bilateral.evaluation import corruptions, detection, robustness
 from bilateral.evaluation.context import EvalContext
 from bilateral.evaluation.transfer import nearest_class_mean
-from bilateral.experiment import build_plan
+from bilateral.plan import build_plan
 from bilateral.run_data import run_data
 from tests.conftest import CIFAR10_JPG, DATA_DIR, REPO, sweep_cmd, tiny_config
 

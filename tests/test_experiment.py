@@ -4,7 +4,7 @@ import pytest
 
 from bilateral.config import load_config
 from bilateral.errors import ConfigError
-from bilateral.experiment import RunSpec, build_plan
+from bilateral.plan import RunSpec, build_plan
 
 
 def plan_for(*overrides):

@@ -21,8 +21,8 @@ from scipy.stats import chisquare
 from bilateral.data import DeviceLoader, load_dataset, normalize
 from bilateral.data.beton import beton_dir, prepare_betons
 from bilateral.data.ffcv_loader import FfcvLoader, ReflectCropFlip, draws
-from bilateral.data.loader import LoaderOptions
 from bilateral.data.loaders import LOADERS, make_loader
+from bilateral.data.memory_loader import LoaderOptions
 from bilateral.data.torch_loader import TorchLoader
 from launch.sweep import main
 from ray_jobs import cluster

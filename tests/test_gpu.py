@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from bilateral.data.loader import DeviceLoader, LoaderOptions
-from bilateral.experiment import build_plan
+from bilateral.data.memory_loader import DeviceLoader, LoaderOptions
+from bilateral.plan import build_plan
 from bilateral.run_data import load_data, make_splits
 from bilateral.store import SweepStore
 from bilateral.training import run_group

@@ -12,8 +12,8 @@ from bilateral.assemble import build_model
 from bilateral.comparison import load_comparison, shipped
 from bilateral.config import load_config
 from bilateral.errors import ConfigError
-from bilateral.experiment import RunSpec, build_plan, model_names
 from bilateral.kinds import all_kinds
+from bilateral.plan import RunSpec, build_plan, model_names
 from bilateral.store import SweepStore
 from tests.conftest import REPO, sweep_cmd, tiny_config
 

@@ -12,7 +12,6 @@ from bilateral.analysis.gradcam import hemisphere_maps
 from bilateral.assemble import build_model
 from bilateral.config import load_config
 from bilateral.errors import CheckpointError, ConfigError
-from bilateral.experiment import build_plan
 from bilateral.models import (
     BACKBONES,
     BilateralNet,
@@ -25,6 +24,7 @@ from bilateral.models import (
 )
 from bilateral.models.cifar_resnet import BasicBlock
 from bilateral.models.vgg import VGG11Features
+from bilateral.plan import build_plan
 
 
 def images(batch: int = 4) -> torch.Tensor:

@@ -10,7 +10,7 @@ from bilateral.data.loaders import make_loader
 from bilateral.data.navon import GRID, cell_size, digit_scans, glyph_pools, large_masks, navon_with_sources
 from bilateral.data.sources import class_counts
 from bilateral.errors import ConfigError
-from bilateral.experiment import build_plan
+from bilateral.plan import build_plan
 from bilateral.run_data import make_splits
 from bilateral.store import SweepStore
 from bilateral.training import run

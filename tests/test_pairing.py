@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from bilateral.config import load_config
-from bilateral.experiment import RunSpec, build_plan
 from bilateral.models import BilateralNet, UnilateralNet
+from bilateral.plan import RunSpec, build_plan
 from bilateral.store import SweepStore
 from bilateral.training import run
 from tests.conftest import tiny_config

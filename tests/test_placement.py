@@ -164,7 +164,7 @@ def test_dropout_seeds_differ_per_rank_and_repeat_per_epoch():
 def test_evaluation_logits_are_fp32_even_for_a_bf16_run():
     """bf16 autocast rounds logits; evaluation must not, whatever train.bf16 says."""
     from bilateral.assemble import build_model
-    from bilateral.data.loader import DeviceLoader, LoaderOptions
+    from bilateral.data.memory_loader import DeviceLoader, LoaderOptions
     from bilateral.run_data import load_data, make_splits
 
     (spec,) = [s for s in _plan("train.bf16=true") if s.kind == "unilateral"]
@@ -183,6 +183,6 @@ def test_evaluation_logits_are_fp32_even_for_a_bf16_run():
 
 
 def _plan(*overrides):
-    from bilateral.experiment import build_plan
+    from bilateral.plan import build_plan
 
     return build_plan(tiny_config("plan.models=[unilateral]", *overrides)).runs

@@ -18,7 +18,7 @@ from bilateral.comparison import load_comparison
 from bilateral.config import load_config, to_dict
 from bilateral.data import normalize
 from bilateral.errors import ConfigError
-from bilateral.experiment import RunSpec, build_plan
+from bilateral.plan import RunSpec, build_plan
 from bilateral.report import markdown, runs_table, setting_effects, summarize, write_report
 from bilateral.run_data import load_data
 from bilateral.store import SweepStore, write_json

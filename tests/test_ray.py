@@ -86,7 +86,7 @@ def test_runtime_env_ships_every_source_file_and_git(monkeypatch):
     _dir_travel(REPO, [_get_excludes(REPO, excludes)], lambda p: shipped.add(str(p.relative_to(REPO))), True)
     code = ["git", "ls-files", "bilateral", "launch", "ray_jobs", "slurm", "pyproject.toml"]
     tracked = subprocess.run(code, cwd=REPO, capture_output=True, text=True).stdout.split()
-    assert "bilateral/data/loader.py" in tracked
+    assert "bilateral/data/memory_loader.py" in tracked
     assert not [f for f in tracked if f not in shipped and (REPO / f).exists()]
     assert ".git/HEAD" in shipped
     assert not {".venv", "results/summary.csv", "data"} & shipped
@@ -181,7 +181,7 @@ def test_ddp_two_workers_match_one(tmp_path, ray_cluster):
 def _initial(run_dir: Path) -> dict:
     """The run's initial weights, rebuilt from its spec and seed as run() builds them."""
     from bilateral.assemble import build_model
-    from bilateral.experiment import RunSpec
+    from bilateral.plan import RunSpec
 
     spec = RunSpec.from_dict(json.loads((run_dir / "spec.json").read_text()))
     torch.manual_seed(spec.init_seed)

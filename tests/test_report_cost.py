@@ -7,8 +7,8 @@ import pytest
 from bilateral.config import load_config
 from bilateral.cost import BACKWARD_PER_FORWARD
 from bilateral.data.sources import class_counts
-from bilateral.experiment import build_plan
 from bilateral.models.profile import profile_backbone
+from bilateral.plan import build_plan
 from bilateral.report import runs_table, summarize
 
 TRAINED = 1_000  # images each run trained on

@@ -6,9 +6,9 @@ import pandas as pd
 import pytest
 import torch
 
-from bilateral.experiment import build_plan
 from bilateral.models import build_backbone, count_parameters
 from bilateral.models.profile import profile_backbone
+from bilateral.plan import build_plan
 from tests.conftest import navon_comparison, tiny_config
 
 SUBSTRATES = ("resnet9", "resnet9-dilated", "vit-small")

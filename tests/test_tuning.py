@@ -14,8 +14,8 @@ import yaml
 
 from bilateral.config import load_config
 from bilateral.errors import ConfigError
-from bilateral.experiment import build_plan
 from bilateral.kinds import kind_of
+from bilateral.plan import build_plan
 from bilateral.tuning.rows import choose, dependencies, own_runs, row_order, tuning_config, tuning_plan
 from bilateral.tuning.space import BUDGETS, decay_key, load_space
 from bilateral.tuning.tuned import row_key

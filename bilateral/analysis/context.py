@@ -20,9 +20,9 @@ from bilateral.assemble import build_model
 from bilateral.data import DeviceLoader, HierarchicalDataset, LoaderOptions, normalize
 from bilateral.errors import BilateralError, DamagedFileError
 from bilateral.execution import resolve_device
-from bilateral.experiment import RunSpec
 from bilateral.kinds import kind_of, with_role
 from bilateral.models import load_state_strict
+from bilateral.plan import RunSpec
 from bilateral.run_data import run_data
 from bilateral.store import RunStore, SweepStore
 

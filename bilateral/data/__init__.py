@@ -2,7 +2,7 @@
 
 from bilateral.data.augment import augment_batch, normalize
 from bilateral.data.hierarchy import HierarchicalDataset, HierarchicalSplit, fine_to_coarse_from_map
-from bilateral.data.loader import DeviceLoader, LoaderOptions
+from bilateral.data.memory_loader import DeviceLoader, LoaderOptions
 from bilateral.data.sources import load_dataset
 from bilateral.data.split import stratified_subset, validation_split
 

@@ -31,7 +31,7 @@ from numba.core import cgutils, types
 from numba.extending import intrinsic
 
 from bilateral.data.augment import normalize
-from bilateral.data.loader import LoaderOptions
+from bilateral.data.memory_loader import LoaderOptions
 from bilateral.errors import ConfigError
 
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from bilateral.data.hierarchy import HierarchicalSplit
-from bilateral.data.loader import DeviceLoader, LoaderOptions
+from bilateral.data.memory_loader import DeviceLoader, LoaderOptions
 from bilateral.errors import ConfigError
 from bilateral.extras import require
 

@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, Dataset, get_worker_info
 from torchvision import transforms
 
 from bilateral.data.hierarchy import HierarchicalSplit
-from bilateral.data.loader import LoaderOptions, batches_per_epoch, training_order
+from bilateral.data.memory_loader import LoaderOptions, batches_per_epoch, training_order
 from bilateral.errors import ConfigError
 
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
@@ -69,7 +69,7 @@ def sample_seed(seed: int, epoch: int, sample: int) -> int:
 class Batches:
     """The DataLoader's batch_sampler: this rank's batches of sample keys (index, epoch or None).
 
-    The order is DeviceLoader's (bilateral.data.loader.training_order) for training, the
+    The order is DeviceLoader's (bilateral.data.memory_loader.training_order) for training, the
     given order otherwise. With world > 1, each batch is cut to this rank's contiguous share,
     the slice train.py takes of the memory loader's global batches.
     """

@@ -23,9 +23,9 @@ from bilateral.analysis.context import AnalysisError
 from bilateral.assemble import build_model
 from bilateral.data import HierarchicalDataset, normalize, stratified_subset
 from bilateral.execution import resolve_device
-from bilateral.experiment import RunSpec
 from bilateral.kinds import kind_of
 from bilateral.models import Ensemble, load_state_strict
+from bilateral.plan import RunSpec
 from bilateral.run_data import run_data
 from bilateral.store import RunStore, SweepStore
 

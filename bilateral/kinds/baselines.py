@@ -55,7 +55,7 @@ class Ensemble(Kind):
         """The mean of logits of the top_k pool members, ranked by validation score (never by test),
         each at the checkpoint its score was measured on."""
         from bilateral.assemble import build_model
-        from bilateral.experiment import RunSpec
+        from bilateral.plan import RunSpec
 
         members = []
         for dep_id in spec.depends_on:

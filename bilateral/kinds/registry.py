@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
     from bilateral.config import OptimConfig, SweepConfig
     from bilateral.data import HierarchicalDataset
-    from bilateral.experiment import PlanBuilder, RunSpec
+    from bilateral.plan import PlanBuilder, RunSpec
     from bilateral.store import SweepStore
 
 # left / right: a hemisphere alone (fine / coarse head); bilateral: two hemispheres and both heads;

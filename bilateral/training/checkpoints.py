@@ -14,8 +14,8 @@ from torch import nn
 from bilateral.assemble import build_model
 from bilateral.distributed import from_rank0
 from bilateral.errors import CheckpointError
-from bilateral.experiment import RunSpec
 from bilateral.models import load_state_strict
+from bilateral.plan import RunSpec
 from bilateral.store import RunStore, SweepStore
 
 log = logging.getLogger(__name__)

@@ -13,13 +13,13 @@ from collections.abc import Callable
 import torch
 
 from bilateral.data.beton import prepare_betons, split_parts
-from bilateral.data.loader import LoaderOptions
 from bilateral.data.loaders import Loader, make_loader
+from bilateral.data.memory_loader import LoaderOptions
 from bilateral.distributed import fail_together, from_rank0, rank_and_world
 from bilateral.errors import ConfigError
 from bilateral.execution import choose_precision, resolve_device, tf32_state
-from bilateral.experiment import RunSpec, group_name
 from bilateral.placement import Placement
+from bilateral.plan import RunSpec, group_name
 from bilateral.run_data import check_batches, make_splits, run_data
 from bilateral.store import SweepStore
 from bilateral.tracking import trackers_of

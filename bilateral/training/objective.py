@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bilateral.experiment import RunSpec
+from bilateral.plan import RunSpec
 
 log = logging.getLogger(__name__)
 

@@ -10,8 +10,8 @@ import numpy as np
 
 from bilateral.distributed import rank_and_world
 from bilateral.execution import versions
-from bilateral.experiment import settings_label
 from bilateral.models.profile import profile_backbone
+from bilateral.plan import settings_label
 from bilateral.run_data import Splits
 from bilateral.store import RunStore
 from bilateral.training.scoring import evaluate

@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from bilateral.data.loaders import Loader
-from bilateral.experiment import RunSpec
 from bilateral.models.fused import split_outputs, stack_inputs
+from bilateral.plan import RunSpec
 from bilateral.training.objective import HEADS
 
 log = logging.getLogger(__name__)

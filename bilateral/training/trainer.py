@@ -25,10 +25,10 @@ from bilateral.compiling import compile_for_run
 from bilateral.data.loaders import Loader
 from bilateral.distributed import from_rank0, rank_and_world
 from bilateral.execution import autocast
-from bilateral.experiment import RunSpec, group_name
 from bilateral.interrupt import shielded
 from bilateral.models import count_parameters, load_state_strict
 from bilateral.models.fused import fuse, fuse_optimizer_states, stack_inputs, unfuse, unfuse_optimizer_state
+from bilateral.plan import RunSpec, group_name
 from bilateral.progress import bar as progress_bar
 from bilateral.store import RunStore, SweepStore
 from bilateral.tracking import RunTracker

@@ -17,7 +17,7 @@ import yaml
 
 from bilateral.config import SweepConfig, TunedConfig, with_settings
 from bilateral.errors import ConfigError
-from bilateral.experiment import Plan, RunSpec, build_plan
+from bilateral.plan import Plan, RunSpec, build_plan
 from bilateral.store import write_atomic
 from bilateral.tuning.space import Budget
 from bilateral.tuning.tuned import row_key

@@ -25,8 +25,8 @@ from bilateral.config import OptimConfig
 from bilateral.errors import ConfigError
 
 if TYPE_CHECKING:
-    from bilateral.experiment import RunSpec
     from bilateral.kinds import Kind
+    from bilateral.plan import RunSpec
 
 WEIGHT_DECAY = "weight_decay"  # stands for the key the row's kind reads (hemispheres have their own)
 DIM_KEYS = ("low", "high", "log", "relative", "integer")

@@ -15,7 +15,7 @@ from bilateral.errors import ConfigError
 
 if TYPE_CHECKING:
     from bilateral.config import TunedConfig
-    from bilateral.experiment import RunSpec
+    from bilateral.plan import RunSpec
 
 
 def row_key(spec: RunSpec) -> str:
