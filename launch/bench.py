@@ -43,12 +43,11 @@ from bilateral.errors import ConfigError
 from bilateral.execution import choose_precision, resolve_device
 from bilateral.extras import require
 from bilateral.models import UnilateralNet, build_backbone, count_parameters
-from bilateral.models.fused import fuse, split_outputs, stack_inputs
 from bilateral.plan import build_plan
 from bilateral.run_data import load_data
-from bilateral.store import RunStore
-from bilateral.training.objective import loss_fn
+from bilateral.store import RunStore, SweepStore
 from bilateral.training.scoring import evaluate_members
+from bilateral.training.trainer import Trainer
 
 
 def _installed(module: str) -> bool:
@@ -156,58 +155,60 @@ def _endless(loaders: list) -> Iterator[tuple]:
         epoch += 1
 
 
+def _bench_specs(variant: dict, args, data_source: str, width: float, runs: int) -> list:
+    """The run specs of a variant: unilateral ResNet-9 runs of seeds 0..runs-1 (fused when more than
+    one), Adam at a constant 1e-4 with weight decay 1e-5, at the variant's settings."""
+    overrides = [
+        "plan.models=[unilateral]",
+        f"plan.seeds=[{','.join(map(str, range(runs)))}]",
+        f"data.source={data_source}",
+        f"data.loader={variant['loader']}",
+        f"model.width={width}",
+        "optim.name=adam",
+        "optim.lr=1e-4",
+        "optim.weight_decay=1e-5",
+        "optim.hemisphere_weight_decay=1e-5",
+        "optim.schedule=constant",
+        "optim.label_smoothing=0.0",
+        f"train.batch_size={args.batch_size}",
+        f"train.channels_last={str(variant.get('channels_last', False)).lower()}",
+        f"train.compile={str(variant.get('compile', False)).lower()}",
+    ]
+    return [s for s in build_plan(load_config("smoke", None, overrides)).runs if s.kind == "unilateral"]
+
+
 class TrainingSteps:
-    """One variant's training step (model, optimiser, loader), built and warmed up once and then
-    timed in as many windows as asked: variants timed in turn, round after round, meet the same
-    slow and fast moments of a shared machine, so their ratios stay fair."""
+    """One variant's training step, the real one (bilateral.training.trainer.Trainer.step), built
+    and warmed up once and then timed in as many windows as asked: variants timed in turn, round
+    after round, meet the same slow and fast moments of a shared machine, so their ratios stay fair."""
 
     def __init__(self, variant: dict, args, data, indices, device: torch.device, width: float) -> None:
         k = variant.get("fuse", 0)
         mean, std = data.mean_std()
-        nets = []
-        for seed in range(max(k, 1)):
-            torch.manual_seed(seed)
-            nets.append(UnilateralNet(build_backbone("resnet9", width), data.num_fine, data.num_coarse))
-        model = (fuse(nets) if k else nets[0]).to(device)
-        channels_last = variant.get("channels_last", False)
-        if channels_last:
-            model = model.to(memory_format=torch.channels_last)
-        self.forward = torch.compile(model) if variant.get("compile") else model
-        fused_adam = device.type == "cuda" or None
-        self.optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, weight_decay=1e-5, fused=fused_adam)
+        specs = _bench_specs(variant, args, args.data, width, max(k, 1))
         beton = None
         if variant["loader"] == "ffcv":
             beton = prepare_betons(data, {"train": ("train", indices)}, args.data_dir)["train"]
-        opts = LoaderOptions(args.batch_size, device, mean, std, True, 0, channels_last)
+        opts = LoaderOptions(args.batch_size, device, mean, std, True, 0, variant.get("channels_last", False))
         first = make_loader(variant["loader"], data.train, indices, opts, beton=beton, workers=args.workers)
         self.loaders = [first, *(first.with_seed(seed) for seed in range(1, max(k, 1)))]  # as fused training
-        self.autocast = torch.autocast(device.type, dtype=torch.bfloat16) if variant.get("bf16") else None
-        self.k, self.device, self.images_per_step = k, device, args.batch_size * max(k, 1)
+        self.runs = tempfile.TemporaryDirectory(prefix="bench-")  # the Trainer's (unwritten) run folders
+        precision = "bf16" if variant.get("bf16") else "fp32"
+        store = SweepStore(Path(self.runs.name))
+        self.trainer = Trainer(specs, store, data, self.loaders, None, device, None, precision)
+        self.trainer.network.net.train()
+        self.device, self.images_per_step, self.steps = device, args.batch_size * max(k, 1), 0
         self.stream = _endless(self.loaders)  # not a method: a generator holding self would be a cycle,
         # freed only by the garbage collector, maybe at exit, after the loaders' threads are gone
-        model.train()
         self.time(args.warmup)  # JIT, autotuning, allocator, DataLoader workers
-
-    def _step(self) -> None:
-        group, k = next(self.stream), self.k
-        x = stack_inputs([b[0] for b in group]) if k else group[0][0]
-        with self.autocast or contextlib.nullcontext():
-            outputs = self.forward(x)
-        if k:
-            outputs = split_outputs(outputs, k)
-            loss = sum(loss_fn({h: z[i] for h, z in outputs.items()}, *group[i][1:], 0.0) for i in range(k))
-        else:
-            loss = loss_fn(outputs, *group[0][1:], 0.0)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
 
     def time(self, steps: int) -> float:
         """Seconds that `steps` training steps take, the device's queue drained before and after."""
         _sync(self.device)
         tic = time.perf_counter()
         for _ in range(steps):
-            self._step()
+            self.trainer.step(next(self.stream), self.steps)
+            self.steps += 1
         _sync(self.device)
         return time.perf_counter() - tic
 

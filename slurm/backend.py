@@ -42,7 +42,6 @@ from bilateral.plan import Plan, RunSpec
 from bilateral.store import SweepStore, write_json
 from bilateral.sweep import fusion_groups, run_sweep
 from slurm.nodes import node_local_paths
-from slurm.task import repo_root
 
 log = logging.getLogger("slurm")
 CONTROLLER_TIMEOUT_S = 25  # the first question to the controller, before anything is submitted
@@ -712,6 +711,8 @@ def run(args: argparse.Namespace, cfg: SweepConfig, plan: Plan, store: SweepStor
     opts = SlurmOptions.from_args(args, cfg)
     _require_slurm()
     Path(cfg.data_dir).mkdir(parents=True, exist_ok=True)  # every job checks that its node sees it
+    from slurm.task import repo_root  # submitit: imported when the backend runs, not when flags are parsed
+
     paths = {"--out": store.root, "data_dir": Path(cfg.data_dir), "the checkout": repo_root()}
     local = node_local_paths(paths)
     if local:

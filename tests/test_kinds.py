@@ -2,6 +2,7 @@
 outside bilateral/ runs through the front door with a dependency to a summary row."""
 
 import json
+import os
 import subprocess
 
 import pandas as pd
@@ -39,7 +40,8 @@ def test_a_row_brings_only_what_it_depends_on():
 
 def test_a_kind_from_a_module_outside_bilateral_trains_after_its_dependency(tmp_path):
     args = ["--models", "finetuned-left", "--seeds", "0", "plan.kind_modules=[tests.kinds_plugin]"]
-    proc = subprocess.run(sweep_cmd(tmp_path, *args), capture_output=True, text=True, cwd=REPO)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}  # as a user's own module is found: PYTHONPATH=.
+    proc = subprocess.run(sweep_cmd(tmp_path, *args), capture_output=True, text=True, cwd=REPO, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = pd.read_csv(tmp_path / "summary.csv").set_index("model")
     assert set(summary.index) == {"hemisphere-fine", "finetuned-left"}

@@ -110,7 +110,8 @@ def load_kind_modules(modules: list[str]) -> None:
         except ImportError as exc:
             raise ConfigError(
                 f"plan.kind_modules names {module!r}, which cannot be imported ({exc}). Fix: give the "
-                "dotted name of a module on PYTHONPATH (the repository root is on it), e.g. tests.kinds"
+                "dotted name of a module Python can import: installed, or under a folder on PYTHONPATH "
+                "(PYTHONPATH=. for one in the folder you run from)"
             ) from None
 
 
