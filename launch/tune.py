@@ -28,6 +28,7 @@ from pathlib import Path
 from bilateral.config import PRESETS, SweepConfig, parse_seeds
 from bilateral.errors import BilateralError, ConfigError
 from bilateral.extras import require
+from bilateral.flags import ranged
 from bilateral.tuning.rows import own_runs, row_order, tuning_config, tuning_plan
 from bilateral.tuning.space import BUDGETS, Budget, SearchSpace, load_space
 from launch.backends import add_placement_arguments
@@ -53,11 +54,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument(
         "--budget", choices=sorted(BUDGETS), default="small", help="trials, seeds and ASHA per row"
     )
-    p.add_argument("--trials", type=int, help="trials per row (overrides the budget's)")
+    p.add_argument("--trials", type=ranged(int, 1), help="trials per row (overrides the budget's)")
     p.add_argument(
         "--tune-seeds", help="tuning seeds, e.g. 100,101 (overrides the budget's; never a sweep's)"
     )
-    p.add_argument("--grace", type=int, help="ASHA: epochs every trial trains (overrides the budget's)")
+    p.add_argument(
+        "--grace", type=ranged(int, 1), help="ASHA: epochs every trial trains (overrides the budget's)"
+    )
     p.add_argument("--space", help="search space YAML (default bilateral/tuning/space.yaml)")
     p.add_argument("--dry-run", action="store_true", help="print the rows, their spaces and the budget")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="any config key, e.g. train.epochs=2")
@@ -72,10 +75,7 @@ def budget_of(args: argparse.Namespace) -> Budget:
     changes = {"trials": args.trials, "grace": args.grace}
     if args.tune_seeds:
         changes["seeds"] = tuple(parse_seeds(args.tune_seeds))
-    budget = dataclasses.replace(budget, **{k: v for k, v in changes.items() if v is not None})
-    if budget.trials < 1 or budget.grace < 1:
-        raise ConfigError("--trials and --grace must be at least 1")
-    return budget
+    return dataclasses.replace(budget, **{k: v for k, v in changes.items() if v is not None})
 
 
 def describe(cfg: SweepConfig, space: SearchSpace, budget: Budget) -> str:

@@ -268,3 +268,14 @@ def test_a_rerun_with_other_settings_under_one_name_is_refused_not_pooled(tmp_pa
         cwd=REPO,
     )
     assert more.returncode == 0, more.stderr[-2000:]
+
+
+@pytest.mark.parametrize("flag, value, allowed", [("--trials", "0", ">= 1"), ("--grace", "-1", ">= 1")])
+def test_every_numeric_flag_of_tune_has_its_range(flag, value, allowed, capsys):
+    from launch.tune import parse_args
+
+    with pytest.raises(SystemExit) as exit:
+        parse_args([flag, value, "--dry-run"])
+    assert exit.value.code == 2
+    error = capsys.readouterr().err.splitlines()[-1]
+    assert f": error: argument {flag}: " in error and f"give a value {allowed}" in error, error
