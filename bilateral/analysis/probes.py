@@ -17,6 +17,7 @@ import torch
 from bilateral.analysis.context import AnalysisError, SweepContext
 from bilateral.analysis.report import Section, pm
 from bilateral.data import DeviceLoader, HierarchicalDataset, LoaderOptions
+from bilateral.probing import cross_validated_accuracy
 from bilateral.run_data import make_splits
 from bilateral.store import write_atomic
 
@@ -24,18 +25,8 @@ FOLDS = 5
 
 
 def probe_accuracy(features: np.ndarray, labels: np.ndarray, seed: int = 0) -> float:
-    """Cross-validated accuracy of a logistic regression on standardised features."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import StratifiedKFold, cross_val_score
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    folds = min(FOLDS, int(np.bincount(labels).min()))
-    if folds < 2:
-        return float("nan")  # a class with one image: nothing to cross-validate
-    probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=500))
-    cv = StratifiedKFold(folds, shuffle=True, random_state=seed)
-    return float(cross_val_score(probe, features, labels, cv=cv).mean())
+    """Cross-validated accuracy of a linear probe on the features (bilateral.probing)."""
+    return cross_validated_accuracy(features, labels, seed, folds=FOLDS, max_iter=500)
 
 
 @torch.no_grad()

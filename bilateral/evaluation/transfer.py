@@ -24,6 +24,7 @@ from bilateral.data import stratified_subset
 from bilateral.data.holdout import split_held_out
 from bilateral.evaluation import figures
 from bilateral.evaluation.context import EVAL_BATCH, EvalContext, Evaluated, EvaluationError
+from bilateral.probing import held_out_accuracy
 from bilateral.run_data import load_data
 from bilateral.store import write_atomic
 
@@ -61,18 +62,6 @@ def nearest_class_mean(
         predicted = classes[np.argmax(q @ np.stack(means).T, axis=1)]
         accs.append(np.mean(predicted == query_labels))
     return float(np.mean(accs)), float(np.std(accs))
-
-
-def linear_probe(
-    support: np.ndarray, support_labels: np.ndarray, query: np.ndarray, query_labels: np.ndarray
-) -> float:
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
-    probe.fit(support, support_labels)
-    return float(probe.score(query, query_labels))
 
 
 @torch.no_grad()
@@ -130,7 +119,7 @@ def run(ctx: EvalContext, out: Path) -> Section:
                     **base,
                     "method": "linear probe",
                     "shots": len(support_y) // held.num_fine,
-                    "acc": linear_probe(support[rep], support_y, query[rep], query_y),
+                    "acc": held_out_accuracy(support[rep], support_y, query[rep], query_y, max_iter=1000),
                     "draw_std": np.nan,
                 }
             )
