@@ -16,12 +16,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from bilateral.assemble import build_model
+from bilateral.assemble import tested_model
 from bilateral.data import DeviceLoader, HierarchicalDataset, LoaderOptions, normalize
 from bilateral.errors import BilateralError, DamagedFileError
 from bilateral.execution import resolve_device
 from bilateral.kinds import kind_of, with_role
-from bilateral.models import load_state_strict
 from bilateral.plan import RunSpec
 from bilateral.run_data import run_data
 from bilateral.store import RunStore, SweepStore
@@ -232,10 +231,7 @@ class SweepContext:
         on the device, in eval mode."""
         if run.run_id not in self._models:
             data = self.data(run)
-            model = build_model(self.spec(run), data.num_fine, data.num_coarse)
-            tested = self.record(run.run_id).get("tested_checkpoint", "best")
-            path = run.path(f"checkpoints/{tested}.pt")
-            load_state_strict(model, run.load_checkpoint(tested)["model"], source=str(path))
+            model = tested_model(run, self.record(run.run_id), data.num_fine, data.num_coarse)
             model.to(self.device).eval()
             self._models[run.run_id] = model
         return self._models[run.run_id]

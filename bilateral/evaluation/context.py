@@ -20,11 +20,11 @@ import torch
 from torch import nn
 
 from bilateral.analysis.context import AnalysisError
-from bilateral.assemble import build_model
+from bilateral.assemble import tested_model
 from bilateral.data import HierarchicalDataset, normalize, stratified_subset
 from bilateral.execution import resolve_device
 from bilateral.kinds import kind_of
-from bilateral.models import Ensemble, load_state_strict
+from bilateral.models import Ensemble
 from bilateral.plan import RunSpec
 from bilateral.run_data import run_data
 from bilateral.store import RunStore, SweepStore
@@ -200,14 +200,8 @@ class EvalContext:
                 f"{run_id} has not finished (or its record is damaged), and an ensemble of this sweep is "
                 "made of it: rerun the sweep to finish it"
             )
-        record = self._records[run_id]
         data = self.data(run_id)
-        model = build_model(RunSpec.from_dict(record["spec"]), data.num_fine, data.num_coarse)
-        tested = record.get("tested_checkpoint", "best")
-        load_state_strict(
-            model, run.load_checkpoint(tested)["model"], source=str(run.path(f"checkpoints/{tested}.pt"))
-        )
-        return model
+        return tested_model(run, self._records[run_id], data.num_fine, data.num_coarse)
 
 
 @torch.no_grad()

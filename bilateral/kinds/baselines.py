@@ -8,7 +8,7 @@ from __future__ import annotations
 from bilateral.errors import CheckpointError, ConfigError
 from bilateral.kinds.registry import Kind, register
 from bilateral.models import Ensemble as EnsembleNet
-from bilateral.models import UnilateralNet, build_backbone, count_parameters, load_state_strict
+from bilateral.models import UnilateralNet, build_backbone, count_parameters
 
 RESNET_BASELINES = ("resnet18", "resnet34")  # CIFAR ResNets with both heads, rows of their own
 
@@ -54,8 +54,7 @@ class Ensemble(Kind):
     def assemble(self, spec, store, data, device):
         """The mean of logits of the top_k pool members, ranked by validation score (never by test),
         each at the checkpoint its score was measured on."""
-        from bilateral.assemble import build_model
-        from bilateral.plan import RunSpec
+        from bilateral.assemble import tested_model
 
         members = []
         for dep_id in spec.depends_on:
@@ -65,20 +64,12 @@ class Ensemble(Kind):
                     f"{spec.run_id} needs pool member {dep_id}, which has not finished: rerun the sweep"
                 )
             record = dep.read_record()
-            members.append((-record["val_score"], record["member"], dep))
-        chosen = [dep for _, _, dep in sorted(members, key=lambda m: m[:2])[: spec.top_k]]
-        nets = []
-        for dep in chosen:
-            record = dep.read_record()
-            net = build_model(RunSpec.from_dict(record["spec"]), data.num_fine, data.num_coarse)
-            tested = record.get("tested_checkpoint", "best")
-            load_state_strict(
-                net, dep.load_checkpoint(tested)["model"], str(dep.path(f"checkpoints/{tested}.pt"))
-            )
-            nets.append(net)
+            members.append((-record["val_score"], record["member"], dep, record))
+        chosen = sorted(members, key=lambda m: m[:2])[: spec.top_k]
+        nets = [tested_model(dep, record, data.num_fine, data.num_coarse) for _, _, dep, record in chosen]
         model = EnsembleNet(nets).to(device)
         return model, {
-            "members": [d.run_id for d in chosen],
+            "members": [dep.run_id for _, _, dep, _ in chosen],
             "params": count_parameters(model),
             "trainable_params": 0,
             "train_time_s": 0.0,
