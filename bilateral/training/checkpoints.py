@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import logging
 import math
 import time
 
@@ -18,20 +17,6 @@ from bilateral.models import load_state_strict
 from bilateral.plan import RunSpec
 from bilateral.store import RunStore, SweepStore
 
-log = logging.getLogger(__name__)
-
-
-STATE_KEYS = (
-    "epoch",
-    "best_score",
-    "best_epoch",
-    "train_time_s",
-    "eval_time_s",
-    "checkpoint_time_s",
-    "wall_s",
-    "images",
-)
-
 
 def fresh_state() -> dict:
     return {
@@ -44,6 +29,9 @@ def fresh_state() -> dict:
         "wall_s": 0.0,
         "images": 0,
     }
+
+
+STATE_KEYS = tuple(fresh_state())  # what a `last` checkpoint holds besides model and optimiser
 
 
 def build_members(specs: list[RunSpec], store: SweepStore, data) -> list[nn.Module]:
@@ -90,10 +78,12 @@ def checkpoint_due(spec: RunSpec, epoch: int, epochs: int, written_at: float, wo
     minutes = spec.train.checkpoint_minutes
     if minutes is None:
         return (epoch + 1) % spec.train.checkpoint_every == 0
-    due = torch.tensor([time.monotonic() - written_at >= 60 * minutes])
+    due = time.monotonic() - written_at >= 60 * minutes
     if world > 1:
-        dist.broadcast(due, 0)
-    return bool(due)
+        decision = torch.tensor([due])
+        dist.broadcast(decision, 0)
+        due = bool(decision)
+    return due
 
 
 def host_tree(tree):
@@ -106,11 +96,6 @@ def host_tree(tree):
     if isinstance(tree, list | tuple):
         return type(tree)(host_tree(value) for value in tree)
     return tree
-
-
-def host_copy(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """A state dict that later training steps cannot change."""
-    return {name: t.detach().to("cpu", copy=True) for name, t in state.items()}
 
 
 def trained_parts(model: nn.Module) -> list[str]:

@@ -3,7 +3,6 @@ schedule, and the loss over the heads a model has."""
 
 from __future__ import annotations
 
-import logging
 import math
 
 import torch
@@ -11,9 +10,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from bilateral.plan import RunSpec
-
-log = logging.getLogger(__name__)
-
 
 HEADS = ("fine", "coarse")
 

@@ -3,7 +3,6 @@ predictions and its record written by rank 0."""
 
 from __future__ import annotations
 
-import logging
 import time
 
 import numpy as np
@@ -15,8 +14,6 @@ from bilateral.plan import settings_label
 from bilateral.run_data import Splits
 from bilateral.store import RunStore
 from bilateral.training.scoring import evaluate
-
-log = logging.getLogger(__name__)
 
 
 def finish_run(

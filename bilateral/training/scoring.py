@@ -3,8 +3,6 @@ checkpoint a run is tested with."""
 
 from __future__ import annotations
 
-import logging
-
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -14,8 +12,6 @@ from bilateral.data.loaders import Loader
 from bilateral.models.fused import split_outputs, stack_inputs
 from bilateral.plan import RunSpec
 from bilateral.training.objective import HEADS
-
-log = logging.getLogger(__name__)
 
 
 def tested_checkpoint(spec: RunSpec) -> str:

@@ -14,6 +14,7 @@ import hashlib
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -37,7 +38,6 @@ from bilateral.training.checkpoints import (
     build_members,
     checkpoint_due,
     fresh_state,
-    host_copy,
     host_tree,
     load_last,
     trained_parts,
@@ -64,6 +64,14 @@ class Member:
     state: dict = field(default_factory=fresh_state)
     metrics: list[dict] = field(default_factory=list)
     pending_best: dict | None = None  # held until the next `last`, so best.pt and last.pt agree
+
+
+class Checkpoint(NamedTuple):
+    """One member's files of one checkpoint: a pending `best` (or None), metrics.jsonl, `last`."""
+
+    best: dict | None
+    metrics: list[dict]
+    last: dict
 
 
 class Network:
@@ -131,6 +139,7 @@ class Trainer:
             self._resume(lasts)
         self.start = self.members[0].state["epoch"] + 1
         self.epochs, self.steps_per_epoch = self.spec.train.epochs, len(streams[0])
+        self.per_rank = getattr(streams[0], "per_rank", False)  # batches already this rank's share
         self.trackers = (
             [RunTracker(m.store.root, m.spec, self.start) for m in self.members] if self.rank == 0 else []
         )
@@ -170,10 +179,10 @@ class Trainer:
                     member.state["wall_s"] += (time.perf_counter() - tic) / len(self.members)  # a share
         except BaseException as stop:  # SIGTERM, Ctrl-C, submitit's exit after a USR2 requeue, a failure
             if self.unwritten is not None:
-                epoch = self.unwritten[2][0]["epoch"] + 1
+                epoch = self.unwritten[0].last["epoch"] + 1
                 log.warning("%s: %s; writing the checkpoint held since epoch %d ended", self.name,
                             type(stop).__name__, epoch)  # fmt: skip
-                self._write(*self.unwritten)
+                self._write(self.unwritten)
             raise
         finally:
             if self.fallbacks is not None:
@@ -193,7 +202,7 @@ class Trainer:
         images = 0
         streams = [m.stream for m in self.members]
         for i, batches in enumerate(zip(*streams, strict=True)):
-            images += len(batches[0][0]) * (self.world if getattr(streams[0], "per_rank", False) else 1)
+            images += len(batches[0][0]) * (self.world if self.per_rank else 1)
             total += self.step(batches, epoch * self.steps_per_epoch + i)
             self.bar.update()
         if self.dev.type == "cuda":
@@ -206,7 +215,7 @@ class Trainer:
     def step(self, batches: tuple, step: int) -> torch.Tensor:
         """One optimisation step on each member's batch; returns their losses (no host sync)."""
         xs, fines, coarses = (list(t) for t in zip(*batches, strict=True))
-        if self.world > 1 and not getattr(self.members[0].stream, "per_rank", False):  # this rank's share
+        if self.world > 1 and not self.per_rank:  # a global batch: this rank's share of it
             share = slice(self.rank * len(xs[0]) // self.world, (self.rank + 1) * len(xs[0]) // self.world)
             xs, fines, coarses = (
                 [x[share] for x in xs],
@@ -280,20 +289,22 @@ class Trainer:
         for j, member in enumerate(self.members):
             if improved[j]:
                 member.state.update(best_score=rows[j]["val_score"], best_epoch=epoch)
-                member.pending_best = {"model": host_copy(model_states[j]), "epoch": epoch}
+                member.pending_best = {"model": host_tree(model_states[j]), "epoch": epoch}
             member.state.update(epoch=epoch)
             member.state["train_time_s"] += seconds
             member.state["images"] += images
         tic = time.perf_counter()
         if self.rank == 0 and (due or self.timed):
             optimizer_states = self.network.optimizer_states(self.optimizer)
-            held = (model_states, optimizer_states, [m.state for m in self.members],
-                    [m.pending_best for m in self.members], [m.metrics for m in self.members])  # fmt: skip
+            files = [
+                Checkpoint(m.pending_best, m.metrics, {"model": model, "optimizer": optimizer, **m.state})
+                for m, model, optimizer in zip(self.members, model_states, optimizer_states, strict=True)
+            ]
             if due:
                 self.unwritten = None  # before the write: a stop inside it must not write an older one
-                self._write(*held)
+                self._write(files)
             else:  # held on the host, written at a stop: what a preemption would otherwise lose
-                self.unwritten = host_tree(held)
+                self.unwritten = [Checkpoint(*host_tree(tuple(f))) for f in files]
         if due:
             for member in self.members:
                 member.pending_best = None
@@ -303,14 +314,13 @@ class Trainer:
         for member in self.members:
             member.state["checkpoint_time_s"] += (time.perf_counter() - tic) / len(self.members)
 
-    def _write(self, model_states, optimizer_states, states, pending_best, metrics) -> None:
+    def _write(self, files: list[Checkpoint]) -> None:
         with shielded():  # a signal waits until best.pt, metrics.jsonl and last.pt agree
-            for j, member in enumerate(self.members):
-                if pending_best[j] is not None:
-                    member.store.save_checkpoint("best", pending_best[j])
-                member.store.write_metrics(metrics[j])  # before "last": a resume drops rows past it
-                last = {"model": model_states[j], "optimizer": optimizer_states[j], **states[j]}
-                member.store.save_checkpoint("last", last)
+            for member, checkpoint in zip(self.members, files, strict=True):
+                if checkpoint.best is not None:
+                    member.store.save_checkpoint("best", checkpoint.best)
+                member.store.write_metrics(checkpoint.metrics)  # before "last": a resume drops rows past it
+                member.store.save_checkpoint("last", checkpoint.last)
 
     def finish(self) -> list[tuple[nn.Module, dict]]:
         """Each member's model at the checkpoint it is tested with (rank 0's, on every rank), and
