@@ -142,12 +142,13 @@ def _std(values: pd.Series, ddof: int) -> float:
 def paired_differences(runs: pd.DataFrame, ddof: int = 1) -> pd.DataFrame:
     """Each baseline minus the reference row on the same seeds, with a paired t-test over seeds."""
     runs = runs[runs["member"] == 0]
-    reference = runs[runs["model"] == reference_model()]
+    name = reference_model()
+    reference = runs[runs["model"] == name]
     if reference.empty:
         return pd.DataFrame()
     reference = reference[reference["backbone"] == sorted(reference["backbone"])[0]].set_index("seed")
     out = []
-    for (model, backbone), group in runs[runs["model"] != reference_model()].groupby(["model", "backbone"]):
+    for (model, backbone), group in runs[runs["model"] != name].groupby(["model", "backbone"]):
         out.append({"model": model, "backbone": backbone, **_paired(group, reference, ddof)})
     return pd.DataFrame(out)
 
@@ -479,8 +480,9 @@ def _forest_rows(primary: pd.DataFrame | None, diffs: pd.DataFrame, effects: pd.
             | {"both_low": r.both_low, "both_high": r.both_high}
             for r in primary.itertuples()
         ]
+    reference = reference_model()
     for table, label in (
-        (diffs, lambda d: f"{d.model} / {d.backbone} − {reference_model()}"),
+        (diffs, lambda d: f"{d.model} / {d.backbone} − {reference}"),
         (effects, lambda d: f"{d.model} − {d.of}"),
     ):
         for d in table.itertuples():

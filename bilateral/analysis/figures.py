@@ -48,6 +48,7 @@ def _hbars(ax, df: pd.DataFrame, label_col: str, kinds: list[str], mono: bool) -
     labels = list(dict.fromkeys(df[label_col]))
     y = np.arange(len(labels))
     height = 0.8 / len(kinds)
+    colours = kind_colours()
     for k, kind in enumerate(kinds):
         d = df[df.bilateral == kind].set_index(label_col).reindex(labels)
         pos = y - 0.4 + height * (k + 0.5)
@@ -56,7 +57,7 @@ def _hbars(ax, df: pd.DataFrame, label_col: str, kinds: list[str], mono: bool) -
             d["mean"],
             height,
             xerr=d["std"].fillna(0),
-            color=kind_colours().get(kind, "tab:gray"),
+            color=colours.get(kind, "tab:gray"),
             alpha=0.8,
             label=kind,
             capsize=2,
