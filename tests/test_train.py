@@ -95,9 +95,12 @@ def test_time_based_checkpoints_write_at_the_end_and_at_a_stop_and_resume_identi
 
     writes = []
     save = RunStore.save_checkpoint
-    monkeypatch.setattr(
-        RunStore, "save_checkpoint", lambda self, n, s: (writes.append((n, s["epoch"])), save(self, n, s))[1]
-    )
+
+    def recorded(self, name, state):
+        writes.append((name, state["epoch"]))
+        save(self, name, state)
+
+    monkeypatch.setattr(RunStore, "save_checkpoint", recorded)
 
     def stop_in_epoch_2(row):  # as SIGTERM does, after epoch 1 was validated, before it is written
         if row["epoch"] == 1:

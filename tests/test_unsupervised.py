@@ -117,7 +117,8 @@ def test_simclr_under_ddp_contrasts_each_image_with_the_whole_global_batch(tmp_p
     their losses) and its gradient (DDP averages the ranks' gradients): without gathering each rank
     would contrast its own half only."""
     import multiprocessing
-    import socket
+
+    from ray_jobs.cluster import free_port
 
     torch.manual_seed(0)
     images = 8
@@ -127,9 +128,7 @@ def test_simclr_under_ddp_contrasts_each_image_with_the_whole_global_batch(tmp_p
     loss = criterion(whole[:images], whole[images:])
     loss.backward()
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     ctx = multiprocessing.get_context("spawn")
     ranks = [ctx.Process(target=_ntxent_rank, args=(r, port, z, str(tmp_path))) for r in range(2)]
     for p in ranks:
